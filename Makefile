@@ -1,0 +1,32 @@
+# diffvqa: `make demo` runs the main job, `make test` runs the tests. Each installs first.
+SHELL := /bin/bash
+VENV  := .venv
+PY    := $(VENV)/bin/python
+PIP   := $(PY) -m pip
+STAMP := $(VENV)/.diffvqa-installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export PYTHONHASHSEED := 0
+
+.PHONY: install demo test export clean-nbs
+
+install: $(STAMP)
+
+# Reinstall only when the dependency list changes: a second `make install` does nothing.
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "torch==2.14.1" "torchvision==0.29.1"
+	$(PIP) install -q -e ".[dev]"
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/diffvqa demo --out demo_out
+
+test: install
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/test.sh
+
+export: install
+	$(VENV)/bin/nbdev-export
+	$(VENV)/bin/nbdev-clean
