@@ -128,7 +128,7 @@ def _tiny() -> ExperimentConfig:
         image_encoder_kwargs=dict(img_size=128, embed_dim=24, depths=(1, 1, 2, 1), num_heads=(2, 2, 4, 4), window_size=4),
         prior='dinov2-tiny-random',
         prior_image_size=126,
-        prior_kwargs=dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=2, intermediate_size=96, patch_size=14, image_size=126),
+        prior_kwargs=dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2, patch_size=14, image_size=126),
         decoder='gpt2-tiny-random',
         decoder_kwargs=dict(n_layer=2, n_embd=96, n_head=4, n_positions=256),
         tokenizer='bpe', bpe_vocab_size=512,
