@@ -1,0 +1,200 @@
+"Metrics: the pycocoevalcap wrapper against direct calls, difference-finding F1 by hand, localisation, baseline, files."
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from diffvqa.core import DiffVQAError
+from diffvqa.evaluate import (CAPTION_METRICS, auroc, baseline_metrics, caption_metrics, close_meteor, dilate,
+                              difference_scores, evaluate_predictions, fit_majority_baseline, localisation_metrics,
+                              localisation_scores, majority_baseline_predictions, meteor_scorer, write_metrics)
+from diffvqa.templates import LevelChange, difference_answer
+
+REFS = ['the main image has an additional finding of pneumothorax than the reference image. ',
+        'the main image is missing the findings of pleural effusion, pneumothorax, and atelectasis than the reference image. ',
+        'the level of pleural effusion has changed from moderate to small. ',
+        'nothing has changed.', 'yes', 'PA view', 'left lower lobe', 'nothing has changed.']
+PREDS = ['the main image has an additional finding of pneumonia than the reference image. ',
+         'the main image is missing the findings of pleural effusion, and atelectasis than the reference image.',
+         'the level of pleural effusion has changed from large to small. ',
+         'nothing has changed.', 'No.', '', 'the left lower lobe', 'the main image has an additional finding of edema than the reference image. ']
+
+
+def test_wrapper_equals_direct_pycocoevalcap():
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.meteor.meteor import Meteor
+    from pycocoevalcap.rouge.rouge import Rouge
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+    ours = caption_metrics(PREDS, REFS)
+    keys = [f'study{i}_q' for i in range(len(REFS))]
+    gts = PTBTokenizer().tokenize({k: [{'caption': r}] for k, r in zip(keys, REFS)})
+    res = PTBTokenizer().tokenize({k: [{'caption': p}] for k, p in zip(keys, PREDS)})
+    direct_meteor = Meteor()
+    try: meteor = direct_meteor.compute_score(gts, res)[0]
+    finally: del direct_meteor
+    bleu = Bleu(4).compute_score(gts, res, verbose=0)[0]
+    direct = {'BLEU-1': bleu[0], 'BLEU-2': bleu[1], 'BLEU-3': bleu[2], 'BLEU-4': bleu[3], 'METEOR': meteor,
+              'ROUGE-L': Rouge().compute_score(gts, res)[0], 'CIDEr': Cider().compute_score(gts, res)[0]}
+    assert list(ours) == list(CAPTION_METRICS)
+    for k in CAPTION_METRICS: assert ours[k] == pytest.approx(direct[k], abs=1e-12), k
+
+
+def test_meteor_process_is_reused():
+    p = meteor_scorer().meteor_p
+    caption_metrics(REFS[:2], REFS[:2])
+    assert meteor_scorer().meteor_p is p and p.poll() is None
+    perfect = caption_metrics(REFS, REFS)
+    for k in ('BLEU-1', 'BLEU-4', 'METEOR', 'ROUGE-L'): assert perfect[k] == pytest.approx(1., abs=1e-6)
+
+
+def test_caption_metrics_bad_input():
+    with pytest.raises(DiffVQAError, match='3 answers for 2 references'): caption_metrics(PREDS[:3], REFS[:2])
+    with pytest.raises(DiffVQAError, match='nothing to score'): caption_metrics([], [])
+
+
+def test_difference_f1_on_every_answer_form():
+    LC = LevelChange
+    R = [difference_answer(['pneumothorax']),
+         difference_answer(['consolidation', 'pneumonia']),
+         difference_answer(removed=['pleural effusion', 'pneumothorax', 'atelectasis']),
+         difference_answer(['edema'], level_changes=[LC('pleural effusion', 'moderate', 'small')]),
+         'nothing has changed.', 'nothing has changed.',
+         difference_answer(removed=['pneumothorax']),
+         difference_answer(level_changes=[LC('edema', 'mild', 'moderate')]),
+         difference_answer(removed=['hernia'])]
+    G = [difference_answer(['pneumothorax']),                                   # added TP1
+         difference_answer(['consolidation']),                                  # added TP1 FN1
+         difference_answer(removed=['pleural effusion', 'edema']),              # removed TP1 FP1 FN2
+         difference_answer(level_changes=[LC('pleural effusion', 'moderate', 'large')]),  # added FN1, level FP1 FN1
+         'nothing has changed.',                                                # no-change TP
+         difference_answer(['hernia']),                                         # added FP1, no-change FN
+         'nothing has changed.',                                                # removed FN1, no-change FP
+         'the level of edema has',                                              # unparseable; level FN1
+         'the main image is missing the finding of hernia than the reference image.']  # removed TP1 (no trailing space)
+    s = difference_scores(G, R)
+    counts = lambda k: [s[k]['tp'], s[k]['fp'], s[k]['fn']]
+    assert counts('added') == [2, 1, 2]
+    assert counts('removed') == [2, 1, 3]
+    assert counts('level') == [0, 1, 2]
+    assert counts('all') == [4, 3, 7]
+    assert counts('no_change') == [1, 1, 1]
+    assert s['removed']['precision'] == pytest.approx(2 / 3) and s['removed']['recall'] == pytest.approx(2 / 5)
+    assert s['removed']['f1'] == pytest.approx(4 / 8)
+    assert s['all']['f1'] == pytest.approx(8 / 18)
+    assert (s['n'], s['n_unparseable'], s['n_reference_unparseable']) == (9, 1, 0)
+
+
+def test_difference_edge_cases():
+    s = difference_scores([''], ['nothing has changed.'])
+    assert s['n_unparseable'] == 1 and s['no_change']['fn'] == 1  # empty is not "nothing has changed"
+    assert math.isnan(s['all']['f1']) and math.isnan(s['all']['precision'])
+    s = difference_scores(['nothing has changed.'], [difference_answer(['edema'])])
+    assert math.isnan(s['added']['precision']) and s['added']['recall'] == 0 and s['added']['f1'] == 0
+    s = difference_scores(['the main image has additional findings of edema and wombat than the reference image. '],
+                          [difference_answer(['edema'])])
+    assert s['added']['tp'] == 1 and s['n_unknown_findings'] == 1
+
+
+def test_localisation_by_hand():
+    T = np.zeros((4, 4), bool); T[:2, :2] = True
+    off = np.where(T, .5, 0.); off[3, 3] = 1
+    r = localisation_scores(off, T)
+    assert r['pointing_game'] == 0 and r['mass_inside'] == pytest.approx(2 / 3) and r['auroc'] == pytest.approx(44 / 48)
+    assert localisation_scores(off, T, tolerance=2)['pointing_game'] == 1
+    r = localisation_scores(np.ones((4, 4)), T)
+    assert (r['pointing_game'], r['mass_inside'], r['auroc']) == (.25, .25, .5)
+    assert localisation_scores(np.zeros((4, 4)), T)['mass_inside'] == 0.
+    assert localisation_scores(T.astype(float), np.zeros((4, 4), bool)) is None
+    agg = localisation_metrics([T.astype(float), off, T.astype(float)], [T, T, np.zeros((4, 4), bool)], tolerance=0)
+    assert (agg['n_pairs'], agg['n_skipped_empty']) == (2, 1)
+    assert agg['pointing_game'] == pytest.approx(.5) and agg['auroc'] == pytest.approx((1 + 44 / 48) / 2)
+    with pytest.raises(DiffVQAError, match='2 masks for 1'): localisation_metrics([T, T], [T])
+
+
+def test_localisation_accepts_tensors_and_resizes():
+    torch = pytest.importorskip('torch')
+    T = np.zeros((4, 4), bool); T[:2, :2] = True
+    big = torch.tensor(np.kron(T.astype(np.float32), np.ones((2, 2), np.float32)))[None]  # [1,8,8]
+    assert localisation_scores(big, torch.tensor(T))['auroc'] == 1.
+
+
+def test_dilate_and_auroc_against_pair_count():
+    g = np.zeros((5, 5), bool); g[2, 2] = True
+    assert dilate(g, 1).sum() == 9 and dilate(g, 0).sum() == 1 and dilate(g, 2).all()
+    rng = np.random.default_rng(1)
+    sc, lab = rng.integers(0, 4, 300), rng.random(300) < .4
+    pairs = (sc[lab][:, None] > sc[~lab][None]).mean() + .5 * (sc[lab][:, None] == sc[~lab][None]).mean()
+    assert auroc(sc, lab) == pytest.approx(pairs, abs=1e-12)
+    assert math.isnan(auroc(sc, np.zeros(300, bool)))
+
+
+def _table():
+    return pd.DataFrame({
+        'study_id': [7, 7, 8, 8, 9], 'ref_id': [1, 1, 2, 2, 3],
+        'question_type': ['difference', 'difference', 'presence', 'view', 'difference'],
+        'question': ['what has changed compared to the reference image?', 'what has changed in the left lung area?',
+                     'is there edema?', 'which view is this image taken?', 'what has changed compared to the reference image?'],
+        'answer': [REFS[0], REFS[1], 'yes', 'PA view', 'nothing has changed.'],
+        'prediction': [REFS[0], PREDS[1], 'Yes', 'AP view', None]})
+
+
+def test_evaluate_predictions_per_type_and_same_study():
+    df = _table()
+    m = evaluate_predictions(df)
+    assert m['n_questions'] == 5
+    assert list(m['by_type']) == ['presence', 'view', 'difference']
+    assert m['by_type']['difference']['n'] == 3 and m['headline_type'] == 'difference'
+    sub = df[df.question_type == 'difference']
+    direct = caption_metrics(sub['prediction'].fillna('').tolist(), sub['answer'].tolist())
+    for k in CAPTION_METRICS: assert m['headline'][k] == pytest.approx(direct[k], abs=1e-12)
+    assert (m['closed']['n'], m['closed']['accuracy']) == (2, .5)
+    assert m['overall']['exact_match'] == pytest.approx(2 / 5)
+    assert m['difference_findings']['n'] == 3 and m['difference_findings']['n_unparseable'] == 1
+    with pytest.raises(DiffVQAError, match='missing column'): evaluate_predictions(df.drop(columns='answer'))
+    with pytest.raises(DiffVQAError, match='no questions'): evaluate_predictions(df.iloc[:0])
+
+
+def test_majority_baseline_fits_train_only():
+    train = pd.DataFrame({'question_type': ['view', 'view', 'view', 'presence', 'presence', 'presence', 'presence'],
+                          'answer': ['AP view', 'PA view', 'AP view', 'yes', 'no', 'no', 'yes'],
+                          'split': ['train', 'train', 'train', 'train', 'train', 'test', 'test']})
+    base = fit_majority_baseline(train)
+    assert base == {'presence': 'no', 'view': 'AP view', '*': 'AP view'}  # test rows ignored; tie broken alphabetically
+    df = _table()
+    assert majority_baseline_predictions(base, df) == ['AP view', 'AP view', 'no', 'AP view', 'AP view']
+    bm = baseline_metrics(train, df)
+    assert bm['closed']['accuracy'] == 0. and bm['answers'] == base
+    with pytest.raises(DiffVQAError, match='no training'): fit_majority_baseline(train.assign(split='test'))
+
+
+def test_write_metrics_files(tmp_path):
+    df = _table()
+    m = evaluate_predictions(df)
+    m['localisation'] = localisation_metrics([np.ones((2, 2))], [np.eye(2, dtype=bool)])
+    m['data'] = 'a test table'
+    paths = write_metrics(tmp_path / 'out', m, df)
+    back = json.loads(paths['json'].read_text())  # strict JSON: NaN became null
+    assert back['by_type']['difference']['n'] == 3
+    assert back['difference_findings']['no_change']['precision'] is None
+    csv = pd.read_csv(paths['csv'])
+    assert len(csv) == 5 and csv['row'].tolist() == list(range(5)) and csv['study_id'].tolist() == [7, 7, 8, 8, 9]
+    md = paths['md'].read_text()
+    assert 'NOT comparable' in md and '| ReAl | .710 |' in md and 'a test table' in md and 'Mask localisation' in md
+    assert sorted(p.name for p in (tmp_path / 'out').iterdir()) == ['metrics.json', 'metrics.md', 'predictions.csv']
+
+
+def test_import_is_light():
+    code = 'import sys, diffvqa.evaluate; sys.exit("pycocoevalcap" in sys.modules)'
+    assert subprocess.run([sys.executable, '-c', code], timeout=120).returncode == 0
+
+
+def test_close_meteor_stops_the_process():  # last: the next METEOR user starts a fresh one
+    p = meteor_scorer().meteor_p
+    close_meteor()
+    assert p.poll() is not None
+    close_meteor()  # closing twice is harmless
