@@ -133,7 +133,9 @@ def test_resize_matches_the_cache(tmp_path):
     rng = np.random.default_rng(0)
     Image.fromarray((rng.random((90, 70)) * 255).astype(np.uint8)).save(tmp_path / 'a.jpg', quality=90)
     Image.fromarray((rng.random((50, 80)) * 255).astype(np.uint8)).save(tmp_path / 'b.png')
-    for name in ('a.jpg', 'b.png'):
+    Image.fromarray((rng.random((60, 45, 3)) * 255).astype(np.uint8)).save(tmp_path / 'c.jpg', quality=90)
+    Image.fromarray((rng.random((70, 50)) * 4000 + 50).astype(np.uint16)).save(tmp_path / 'd.png')
+    for name in ('a.jpg', 'b.png', 'c.jpg', 'd.png'):
         for fit in ('pad', 'crop', 'stretch'):
             out = read_image(tmp_path / name, size=32, fit=fit)
             assert out.shape == (32, 32) and (out == load_image(tmp_path / name, 32, fit)[0]).all()
