@@ -128,4 +128,9 @@ def test_training_curves_from_csv(tmp_path):
     np.testing.assert_allclose(ax3.get_lines()[0].get_ydata(), [1.0, 0.9, 0.7])  # λ
     png_size(tmp_path / 'curves.png')
     assert len(plot_training_curves(tmp_path, score=None).axes) == 1
+    rows = [dict(epoch=1, train_loss=2.0, train_reg=0.0), dict(epoch=2, train_loss=1.0, train_reg=1e-9)]
+    ax = plot_training_curves(rows).axes[0]
+    assert [l.get_label() for l in ax.get_lines()] == ['train_loss'] and ax.get_yscale() == 'log'  # zero: left out
+    ax = plot_training_curves(rows, losses=['train_loss', 'train_reg']).axes[0]
+    assert len(ax.get_lines()) == 2 and ax.get_yscale() == 'linear'    # asked for by name: linear axis
     with pytest.raises(DiffVQAError, match='no such metrics file'): read_metrics_csv(tmp_path / 'nope.csv')
