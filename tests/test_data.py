@@ -152,6 +152,13 @@ def test_cache_rows_equal_decoded_images_of_all_shapes(fake, cache_dir):
     assert os.path.getsize(cache_dir/'images.u8') == np.prod(m['shape']) and m['fit'] == 'pad'
 
 
+def test_prepare_refuses_to_write_into_the_dataset(fake):
+    before = tree_digest(fake.root)
+    for out in (fake.root, fake.root/'files'/'cache'):
+        with pytest.raises(DiffVQAError, match='never written to'): D.prepare(fake.root, out, size=16, progress=False)
+    assert tree_digest(fake.root) == before
+
+
 def test_not_a_cache_is_a_clear_error(tmp_path):
     with pytest.raises(DiffVQAError, match='not a prepared cache'): D.PairCache(tmp_path)
 
