@@ -287,6 +287,14 @@ def test_predict_bad_inputs(tiny_run, tmp_path):
     with pytest.raises(DiffVQAError, match='no trained model'): predict(tmp_path, imgs / 'main.jpg', imgs / 'ref.png', QUESTION)
     with pytest.raises(DiffVQAError, match='--question'): predict(run, imgs / 'main.jpg', imgs / 'ref.png', '   ')
     with pytest.raises(DiffVQAError, match='--beams'): predict(run, imgs / 'main.jpg', imgs / 'ref.png', QUESTION, num_beams=0)
+    import shutil
+    broken = tmp_path / 'broken'
+    shutil.copytree(run / 'best', broken)
+    data = (broken / 'model.safetensors').read_bytes()
+    (broken / 'model.safetensors').write_bytes(data[:len(data) // 3])   # a download cut short
+    with pytest.raises(DiffVQAError, match='broken: could not load the model') as e:
+        predict(broken, imgs / 'main.jpg', imgs / 'ref.png', QUESTION)
+    assert '\n' not in str(e.value)
 
 
 def _cli(*args):
