@@ -55,6 +55,8 @@ def test_meteor_process_is_reused():
 def test_caption_metrics_bad_input():
     with pytest.raises(DiffVQAError, match='3 answers for 2 references'): caption_metrics(PREDS[:3], REFS[:2])
     with pytest.raises(DiffVQAError, match='nothing to score'): caption_metrics([], [])
+    zeros = caption_metrics(['', '...'], ['nothing has changed.', 'yes'])  # an untrained model's empty answers
+    assert all(v == 0. for v in zeros.values())
 
 
 def test_difference_f1_on_every_answer_form():

@@ -71,6 +71,10 @@ def test_gram_by_hand_and_zero_for_identical_visits():
     f = torch.randn(3, 9, 4)
     assert gram_loss(f, f).item() == 0.
     assert gram_loss(f, f * 7).item() == pytest.approx(0., abs=1e-10)
+    g = torch.randn(3, 9, 4)
+    exact = gram_loss(f, g).item()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert gram_loss(f, g).item() == pytest.approx(exact, abs=1e-7)  # float32 inside autocast
 
 
 def test_koleo_by_hand_single_sample_and_coincident_samples():
