@@ -123,6 +123,7 @@ def test_corrupt_jpeg_stops_prepare_then_skip_resumes(tmp_path):
 
 def test_skip_missing_drops_affected_questions(fake, cache_dir):
     sk = pd.read_csv(cache_dir/'skipped.csv')
+    assert sk.study_id.dtype == np.int64
     assert dict(zip(sk.path, sk.reason)) == {fake.missing_path: 'missing', fake.corrupt_path: 'unreadable'}
     q, idx = pd.read_csv(cache_dir/'questions.csv'), pd.read_csv(cache_dir/'images.csv')
     bad = set(sk.study_id)
