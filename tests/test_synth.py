@@ -106,6 +106,9 @@ def test_visits_ground_truth(dataset):
         assert abs(v['nuisance']['rotation_deg']) <= 5 and abs(v['nuisance']['scale'] - 1) <= 0.05
         for f in v['findings']:
             assert f['site'] and f['templates'] and f['location']
+            assert f['lobe'] is None or f['lobe'].endswith('lobe')
+            assert f['side'] in ('left', 'right', 'bilateral', None)
+            assert f['level'] is None or isinstance(f['level'], str)
     # a study's findings agree with its CheXpert labels
     lab = a.set_index('study_id')
     for v in visits:
