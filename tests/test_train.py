@@ -266,3 +266,11 @@ def test_cli_errors(cache, ref_run, tmp_path):
     with pytest.raises(DiffVQAError, match='not one'):
         run_train(_args('--data', str(cache), '--out', str(tmp_path/'stuff'), '--overwrite'))
     assert (tmp_path/'stuff'/'x.txt').read_text() == 'mine'
+
+
+def test_diffvqa_train_command_reports_one_line(tmp_path, capsys):
+    from diffvqa.cli import main
+    assert main(['train', '--data', str(tmp_path/'no-cache'), '--out', str(tmp_path/'run')]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith('error: ') and 'no-cache' in err and '\n' not in err
+    assert not (tmp_path/'run').exists()
