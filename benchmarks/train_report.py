@@ -125,6 +125,14 @@ def main() -> None:
         g = model.generate(b.main, b.ref, b.question_ids, b.question_mask)
         print('\nbest model on the first validation questions:')
         for ref, pred in zip(b.answer, g.texts): print(f'  reference: {ref.strip()}\n  generated: {pred}')
+    if res.best_dir:
+        # does the model use the images? answer the validation questions again with another pair's films
+        from diffvqa.evaluate import evaluate_run
+        ev = evaluate_run(run, cache.path, split='val', question_types=qt, out=work/'eval-val', image_control=True, progress=False)
+        own, other = ev.metrics['overall'], ev.metrics['image_control']['overall']
+        print(f'\nimage control on all {len(ev.predictions)} validation questions: CIDEr {own["CIDEr"]:.3f} with their own images, '
+              f'{other["CIDEr"]:.3f} with another pair\'s images '
+              f'({(ev.predictions.prediction != ev.predictions.prediction_other_images).mean():.1%} of answers change)')
     print(f'\nrun folder: {run}')
 
 
