@@ -8,18 +8,21 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: install demo test export clean-nbs
+.PHONY: install _install demo test export
 
-install: $(STAMP)
+# Reinstall only when pyproject.toml's content changes (a hash, not its mtime: nbdev rewrites the file unchanged),
+# so a second `make install` does nothing.
+install:
+	@want=$$(sha256sum pyproject.toml | cut -d' ' -f1); \
+	if [ -x $(PY) ] && [ "$$(cat $(STAMP) 2>/dev/null)" = "$$want" ]; then echo "make install: up to date"; \
+	else $(MAKE) --no-print-directory _install && echo "$$want" > $(STAMP); fi
 
-# Reinstall only when the dependency list changes: a second `make install` does nothing.
-$(STAMP): pyproject.toml
+_install:
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "torch==2.14.1" "torchvision==0.29.1"
 	$(PIP) install -q -e ".[dev]"
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
-	touch $(STAMP)
 
 demo: install
 	$(VENV)/bin/diffvqa demo --out demo_out
