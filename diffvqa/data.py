@@ -64,18 +64,24 @@ def _int_column(df: pd.DataFrame, col: str, path: Path) -> pd.Series:
         raise DiffVQAError(f'{path}: column {col} has a non-integer value {df[col].iloc[i]!r} (row {i + 2})')
     return v.astype('int64')
 
+def _read_csv(path: Path, required: Sequence[str], what: str) -> pd.DataFrame:
+    "Read a release CSV as text, check its columns, and make subject_id and study_id integers."
+    if not path.is_file(): raise DiffVQAError(f'{path}: {what} not found')
+    try: df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
+        raise DiffVQAError(f'{path}: not a readable CSV ({type(e).__name__})') from None
+    missing = [c for c in required if c not in df.columns]
+    if missing: raise DiffVQAError(f'{path}: missing column(s) {missing} in {what}')
+    for c in ('subject_id', 'study_id'): df[c] = _int_column(df, c, path)
+    return df
+
 def read_questions(path: str | Path, # mimic_pair_questions.csv
                   ) -> pd.DataFrame:
     "Read and validate the question table; `qid` is the row number in the file."
     path = Path(path)
-    if not path.is_file(): raise DiffVQAError(f'{path}: question file not found')
-    try: df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
-        raise DiffVQAError(f'{path}: not a readable CSV ({type(e).__name__})') from None
-    missing = [c for c in QUESTION_COLUMNS if c not in df.columns]
-    if missing: raise DiffVQAError(f'{path}: missing column(s) {missing}; found {list(df.columns)}')
+    df = _read_csv(path, QUESTION_COLUMNS, 'question file')
     if len(df) == 0: raise DiffVQAError(f'{path}: no questions')
-    for c in ('study_id', 'subject_id', 'ref_id'): df[c] = _int_column(df, c, path)
+    df['ref_id'] = _int_column(df, 'ref_id', path)
     for c, allowed in (('question_type', QUESTION_TYPES), ('split', SPLITS)):
         bad = sorted(set(df[c]) - set(allowed))
         if bad:
@@ -86,16 +92,6 @@ def read_questions(path: str | Path, # mimic_pair_questions.csv
     return df
 
 # %% ../nbs/api/02_data.ipynb #0f3acc6b
-def _read_csv(path: Path, required: Sequence[str], what: str) -> pd.DataFrame:
-    if not path.is_file(): raise DiffVQAError(f'{path}: {what} not found')
-    try: df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
-        raise DiffVQAError(f'{path}: not a readable CSV ({type(e).__name__})') from None
-    missing = [c for c in required if c not in df.columns]
-    if missing: raise DiffVQAError(f'{path}: missing column(s) {missing} in {what}')
-    for c in ('subject_id', 'study_id'): df[c] = _int_column(df, c, path)
-    return df
-
 def _date_number(s: pd.Series) -> pd.Series:
     "Dates as YYYYMMDD numbers (NaN when unknown), from `21800506` or `2180-05-06` forms."
     num = pd.to_numeric(s, errors='coerce')
