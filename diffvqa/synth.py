@@ -299,11 +299,15 @@ def lesion_consolidation(a: Anatomy, lobe: str) -> tuple[np.ndarray, dict]:
     f = 0.85 * ndimage.gaussian_filter(m.astype(np.float32), 1.0) * m
     return (f * (1 - a.mu)).astype(np.float32), dict(fill=0.85)
 
+def _random_voxel(m: np.ndarray, erode: int, min_voxels: int, rng: np.random.Generator) -> np.ndarray:
+    "A random voxel index of mask `m`, away from its border (eroded `erode` times) when it has over `min_voxels` voxels."
+    ii = np.argwhere(ndimage.binary_erosion(m, iterations=erode) if m.sum() > min_voxels else m)
+    return ii[rng.integers(len(ii))].astype(np.float64)
+
 def lesion_patch(a: Anatomy, lobe: str, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
     "One Gaussian patch of full filling inside a lobe (patchy findings are weighted sums of these)."
     m = a.labels == LABELS[lobe]
-    ii = np.argwhere(ndimage.binary_erosion(m, iterations=1) if m.sum() > 50 else m)
-    c = ii[rng.integers(len(ii))].astype(np.float64)
+    c = _random_voxel(m, 1, 50, rng)
     sigma = rng.uniform(9.0, 16.0)
     sl, r2 = _ball(a, c, 3 * sigma)
     d = np.zeros(a.mu.shape, np.float32)
@@ -323,8 +327,7 @@ def lesion_atelectasis(a: Anatomy, side: str, height: float) -> tuple[np.ndarray
 def lesion_granuloma(a: Anatomy, lobe: str, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
     "A calcified nodule (radius 3-5 mm, calcium-dense), mass-conserving at any voxel size."
     m = a.labels == LABELS[lobe]
-    ii = np.argwhere(ndimage.binary_erosion(m, iterations=2) if m.sum() > 200 else m)
-    c = ii[rng.integers(len(ii))].astype(np.float64)
+    c = _random_voxel(m, 2, 200, rng)
     r = rng.uniform(3.0, 5.0)
     vox = _vox(a)
     sig = max(r / 1.6, 0.5 * vox)
