@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 # %% auto #0
-__all__ = ['IDENTITY_THETA', 'RegistrationOutput', 'AffineRegistration', 'warp_affine', 'registration_loss', 'similarity_loss']
+__all__ = ['IDENTITY_THETA', 'RegistrationOutput', 'affine_from_params', 'AffineRegistration', 'warp_affine', 'corner_error',
+           'registration_loss', 'similarity_loss']
 
 # %% ../nbs/api/03_registration.ipynb #3bb4fe5d
 IDENTITY_THETA = (1., 0., 0., 0., 1., 0.)  # Θ = [A t] of the identity map, row-major
@@ -23,36 +24,57 @@ class RegistrationOutput:
     registered: Tensor  # [B,C,H,W] the main image warped onto the reference
     theta: Tensor       # [B,2,3] the predicted affine parameters Θ = [A t]
 
+def affine_from_params(p: Tensor, # [B,6] unconstrained outputs of the CNN
+                       max_rotation: float = 0.2, # |α| bound in radians
+                       max_log_scale: float = 0.11, # |log s| bound per axis (det A within e^(±2·bound))
+                       max_shear: float = 0.1, # |k| bound
+                       max_translation: float = 0.25, # |t| bound per axis, normalised units
+                      ) -> Tensor:
+    "Θ = [R(α)·[[s_x, k], [0, s_y]]  t] with every parameter squashed into its bound by tanh: [B,2,3]; p = 0 is the identity."
+    q = torch.tanh(torch.nan_to_num(p.float()))  # a non-finite output falls back towards the identity, never past a bound
+    ang, k, t = max_rotation * q[:, 0], max_shear * q[:, 3], max_translation * q[:, 4:6]
+    sx, sy = torch.exp(max_log_scale * q[:, 1]), torch.exp(max_log_scale * q[:, 2])
+    c, s = torch.cos(ang), torch.sin(ang)
+    A = torch.stack([torch.stack([c * sx, c * k - s * sy], -1), torch.stack([s * sx, s * k + c * sy], -1)], -2)
+    return torch.cat([A, t[..., None]], -1).to(p.dtype)
+
+def _standardise(x: Tensor, eps: float = 1e-6) -> Tensor:
+    "Zero mean, unit variance per image and channel."
+    m, s = x.mean((-2, -1), keepdim=True), x.std((-2, -1), keepdim=True)
+    return (x - m) / (s + eps)
+
 class AffineRegistration(nn.Module):
-    "A shallow CNN that predicts a near-identity affine map of the main image onto the reference, and applies it."
+    "A shallow CNN that predicts a bounded near-identity affine map of the main image onto the reference, and applies it."
     def __init__(self,
                  channels: int = 16, # width of the first conv layer (doubles once)
                  work_size: int = 128, # the pair is resized to at most this side before the CNN
+                 max_rotation: float = 0.2, # bounds of Θ (see `affine_from_params`)
+                 max_log_scale: float = 0.11,
+                 max_shear: float = 0.1,
+                 max_translation: float = 0.25,
                 ):
         super().__init__()
         c = channels
         self.work_size = work_size
-        self.features = nn.Sequential(
-            nn.Conv2d(2, c, 5, stride=2, padding=2), nn.ReLU(inplace=True),
-            nn.Conv2d(c, 2*c, 3, stride=2, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(2*c, 2*c, 3, stride=2, padding=1), nn.ReLU(inplace=True),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.head = nn.Linear(2*c, 6)
+        self.bounds = dict(max_rotation=max_rotation, max_log_scale=max_log_scale, max_shear=max_shear, max_translation=max_translation)
+        conv = lambda i, o, k: [nn.Conv2d(i, o, k, stride=2, padding=k // 2), nn.ReLU(inplace=True)]
+        self.features = nn.Sequential(*conv(2, c, 5), *conv(c, 2 * c, 3), *conv(2 * c, 2 * c, 3), *conv(2 * c, 2 * c, 3),
+                                      nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(32 * c, 64), nn.ReLU(inplace=True))
+        self.head = nn.Linear(64, 6)
         self.reset_identity()
 
     def reset_identity(self):
-        "Zero the last layer and set its bias to the identity, so that Θ = I for every input."
-        nn.init.zeros_(self.head.weight)
-        with torch.no_grad(): self.head.bias.copy_(torch.tensor(IDENTITY_THETA))
+        "Zero the last layer, so that p = 0 and Θ = I for every input."
+        nn.init.zeros_(self.head.weight); nn.init.zeros_(self.head.bias)
 
     def predict_theta(self,
                       main: Tensor, # [B,1,H,W] main image in [0,1]
                       ref: Tensor,  # [B,1,H,W] reference image in [0,1]
                      ) -> Tensor:
-        "Θ = [A t] of shape [B,2,3] for each pair."
+        "Θ = [A t] of shape [B,2,3] for each pair, inside the bounds."
         x = torch.cat([main[:, :1], ref[:, :1]], dim=1)
         if max(x.shape[-2:]) > self.work_size: x = F.interpolate(x, size=(self.work_size, self.work_size), mode='bilinear', align_corners=False, antialias=True)
-        return self.head(self.features(x)).view(-1, 2, 3)
+        return affine_from_params(self.head(self.features(_standardise(x))), **self.bounds)
 
     def forward(self,
                 main: Tensor, # [B,1,H,W] main image in [0,1]
@@ -68,6 +90,21 @@ def warp_affine(image: Tensor, # [B,C,H,W] image to warp
     "Sample `image` at A·x + t for every output pixel x (normalised coordinates, bilinear, border padding)."
     grid = F.affine_grid(theta.to(image.dtype), list(image.shape), align_corners=False)
     return F.grid_sample(image, grid, mode='bilinear', padding_mode='border', align_corners=False)
+
+# %% ../nbs/api/03_registration.ipynb #09ca19ff
+def corner_error(theta: Tensor, # [B,2,3] a map from the reference grid into the main image (normalised coordinates)
+                 true_theta: Tensor, # [B,2,3] the true map
+                 size: int, # image side S in pixels (normalised units are S/2 pixels)
+                 corners: Tensor | None = None, # [B,4,2] points in the reference grid (default: the image corners)
+                ) -> Tensor:
+    "Mean distance in pixels between where `theta` and `true_theta` send the corners: [B]."
+    if theta.shape != true_theta.shape or theta.shape[-2:] != (2, 3):
+        raise ValueError(f'theta {tuple(theta.shape)} and true_theta {tuple(true_theta.shape)} must both be [B,2,3]')
+    if corners is None:
+        c = 1 - 1 / size  # centres of the corner pixels
+        corners = torch.tensor([[-c, -c], [c, -c], [-c, c], [c, c]], dtype=theta.dtype, device=theta.device).expand(len(theta), 4, 2)
+    move = lambda th: corners @ th[:, :, :2].transpose(1, 2) + th[:, None, :, 2]
+    return (move(theta) - move(true_theta)).norm(dim=-1).mean(-1) * size / 2
 
 # %% ../nbs/api/03_registration.ipynb #4d815378
 def registration_loss(theta: Tensor, # [B,2,3] predicted Θ = [A t]

@@ -41,8 +41,8 @@ __all__ = ['MU_WATER', 'GEOMETRIES', 'VIEW_MEANING', 'LABELS', 'LOBES', 'VESSEL_
            'lesion_fracture', 'FindingSpec', 'location_phrase', 'site_side', 'default_cache_dir', 'cache_key',
            'lesion_templates', 'render_template', 'FilmCache', 'build_cache', 'Finding', 'Visit', 'SubjectSpec',
            'describe_change', 'make_subjects', 'image_matrix', 'compose_film', 'expose', 'render_visit', 'change_maps',
-           'change_mask', 'pair_questions', 'finding_visibility', 'image_path', 'change_mask_path', 'synthesize',
-           'add_synth_args', 'run_synth']
+           'change_mask', 'finding_box', 'pair_questions', 'finding_visibility', 'image_path', 'change_mask_path',
+           'synthesize', 'add_synth_args', 'run_synth']
 
 # %% ../nbs/api/01_synth.ipynb #2979e255
 MU_WATER = 0.02  # attenuation of water per mm near 70 keV
@@ -745,6 +745,19 @@ def change_mask(cmap: np.ndarray, # one map from `change_maps`
     if m <= 0: return np.zeros(cmap.shape, bool)
     return cmap >= max(min(abs_mm, 0.5 * m), rel * m)
 
+def finding_box(cache: FilmCache, # rendered films
+                s: SubjectSpec, # the subject
+                v: Visit, # the visit the finding is in
+                f: Finding, # the finding
+                size: int, # image rows
+               ) -> list[int] | None:
+    "Bounding box [x0, y0, x1, y1] (inclusive pixels of the visit's image) of where the finding projects; None if out of view."
+    film = s.thickness * compose_film(cache, s.variant, v.view, f.recipe(), base=False)
+    m = change_mask(np.abs(_warp(film, image_matrix(s, v, size), (size, int(round(size * s.aspect / 2) * 2)))))
+    if not m.any(): return None
+    ys, xs = np.nonzero(m)
+    return [int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())]
+
 # %% ../nbs/api/01_synth.ipynb #ff18a7f4
 def pair_questions(ref: Visit, # reference (earlier) visit
                    main: Visit, # main (later) visit
@@ -863,8 +876,9 @@ def _visit_job(job: tuple) -> tuple[int, int]:
         atomic_write(change_mask_path(st['out'], v.study_id, s.visits[vi - 1].study_id), _png(mask))
     return img.shape
 
-def _finding_record(cache: FilmCache, variant: int, f: Finding) -> dict:
-    return dict(name=f.name, site=f.site, side=site_side(f.site) or (f.site if f.site == 'bilateral' else None),
+def _finding_record(cache: FilmCache, s: SubjectSpec, v: Visit, f: Finding, size: int) -> dict:
+    variant = s.variant
+    return dict(box=finding_box(cache, s, v, f, size), name=f.name, site=f.site, side=site_side(f.site) or (f.site if f.site == 'bilateral' else None),
                 lobe=f.site if f.site in LOBES else None, level=f.level, location=location_phrase(f.name, f.site),
                 kind=CATALOGUE[f.name].kind,
                 templates=[dict(key=k, weight=round(w, 4), params=cache.params[variant].get(k, {}))
@@ -894,7 +908,7 @@ def _tables(subjects: list[SubjectSpec], cache: FilmCache, size: int, seed: int)
                                   detector=dict(aspect=s.aspect, fov_mm=s.fov_mm, rows=size, cols=cols),
                                   magnification=GEOMETRIES[v.view].magnification, nuisance=v.nuisance, exposure=v.exposure,
                                   film_to_image=np.round(A, 6).tolist(),
-                                  findings=[_finding_record(cache, s.variant, f) for f in v.findings.values()]))
+                                  findings=[_finding_record(cache, s, v, f, size) for f in v.findings.values()]))
             if i == 0: continue
             ref = s.visits[i - 1]
             rng = np.random.default_rng([seed, 3, v.study_id])
