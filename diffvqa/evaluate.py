@@ -342,11 +342,13 @@ def _image_use_section(metrics: dict[str, Any], # evaluate_run's metrics, with i
     f1 = lambda m: (m.get('difference_findings') or {}).get('all', {}).get('f1')
     body = [[name, m['n_questions'], *(m['by_type'].get(t, {}).get('exact_match') for t in types),
              m['closed']['accuracy'], f1(m), m['headline'].get('CIDEr')] for name, m in rows]
+    skipped = metrics.get('image_control_skipped')
     return ['', '## Image control: does the model use the images?\n',
             'The same questions, answered by the same model with each pair\'s own films, with the films of another pair '
             'of the split, and with both films blank (every pixel 0). A model that uses the images scores clearly higher '
             'with its own films than in both controls; when the rows agree, its answers come from the question alone. '
-            'The baseline ignores images and wording: the floor for any model.\n',
+            'The baseline ignores images and wording: the floor for any model.'
+            + (f' (Image control skipped: {skipped}.)' if skipped else '') + '\n',
             _table(['answered with', 'n', *(f'{t}: exact match' for t in types), 'closed: accuracy',
                     'difference: finding F1', f'{ht}: CIDEr'], body)]
 
@@ -538,6 +540,11 @@ def _answer_controls(model: Any, # the evaluated DiffVQA
                      question_only: bool, # answer with blank films
                     ) -> None:
     "Answer the same questions with another pair's films and with blank films; score them like the model."
+    n_pairs = len(cache.select(kw['split'], kw['question_types']).drop_duplicates(['study_id', 'ref_id']))
+    if image_control and n_pairs < 2:
+        metrics['image_control_skipped'] = f"split {kw['split']} has {n_pairs} image pair; another pair's films need two"
+        print(f"warning: image control skipped: {metrics['image_control_skipped']}", file=sys.stderr)
+        image_control = False
     for on, images, key, col in ((image_control, 'other', 'image_control', 'prediction_other_images'),
                                  (question_only, 'blank', 'question_only', 'prediction_blank_images')):
         if not on: continue

@@ -282,6 +282,25 @@ def test_evaluate_has_three_rows_and_reports_cut_questions(short_model, capsys):
     assert 'Image control' not in (d / 'fast' / 'metrics.md').read_text()
 
 
+def test_one_pair_split_skips_the_image_control(short_model, tmp_path, capsys):
+    import shutil
+    from diffvqa.cli import main
+    d, _ = short_model
+    shutil.copytree(d / 'cache', tmp_path / 'cache')
+    q = pd.read_csv(tmp_path / 'cache' / 'questions.csv', keep_default_na=False)
+    first = q[q.split == 'val'].iloc[0]
+    q = q[(q.split != 'val') | ((q.study_id == first.study_id) & (q.ref_id == first.ref_id))]
+    q.to_csv(tmp_path / 'cache' / 'questions.csv', index=False)
+    n = int(((q.split == 'val') & (q.question_type == 'difference')).sum())
+    assert main(['evaluate', '--run', str(d / 'model'), '--data', str(tmp_path / 'cache'), '--split', 'val',
+                 '--question-types', 'difference', '--device', 'cpu', '--out', str(tmp_path / 'ev')]) == 0
+    warn = [l for l in capsys.readouterr().err.splitlines() if l.startswith('warning: image control')]
+    assert warn == ["warning: image control skipped: split val has 1 image pair; another pair's films need two"]
+    m = json.loads((tmp_path / 'ev' / 'metrics.json').read_text())
+    assert 'image_control' not in m and m['question_only']['n_questions'] == m['n_questions'] == n
+    assert 'Image control skipped: split val has 1 image pair' in (tmp_path / 'ev' / 'metrics.md').read_text()
+
+
 def test_blank_images_are_all_zero(short_model, monkeypatch):
     "The question-only control feeds both films as zeros; the image control feeds another pair's films."
     import torch
