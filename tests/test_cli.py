@@ -61,3 +61,21 @@ def test_unknown_preset_is_one_line():
     from diffvqa.core import DiffVQAError
     with pytest.raises(DiffVQAError, match='--preset'):
         get_preset('huge')
+
+
+def test_score_command_is_registered():
+    from diffvqa.cli import build_parser
+    cmd = {c.name: c for c in COMMANDS}['score']
+    assert cmd.module == 'diffvqa.evaluate'
+    a = build_parser('score').parse_args(['--predictions', 'p.csv'])
+    assert (a.predictions, a.questions, a.split, a.question_types, a.allow_missing, a.out) == ('p.csv', None, None, None, False, None)
+    r = run('score')
+    assert r.returncode == 2 and '--predictions' in r.stderr
+
+
+def test_evaluate_controls_are_on_by_default():
+    from diffvqa.cli import build_parser
+    a = build_parser('evaluate').parse_args(['--run', 'r', '--data', 'd'])
+    assert (a.image_control, a.question_only) == (True, True)
+    a = build_parser('evaluate').parse_args(['--run', 'r', '--data', 'd', '--no-image-control', '--no-question-only'])
+    assert (a.image_control, a.question_only) == (False, False)

@@ -11,7 +11,8 @@ import pytest
 from diffvqa.core import DiffVQAError
 from diffvqa.evaluate import (CAPTION_METRICS, auroc, baseline_metrics, caption_metrics, close_meteor, dilate,
                               difference_scores, evaluate_predictions, fit_majority_baseline, localisation_metrics,
-                              localisation_scores, majority_baseline_predictions, meteor_scorer, write_metrics)
+                              localisation_scores, long_questions, majority_baseline_predictions, metrics_markdown,
+                              meteor_scorer, write_metrics)
 from diffvqa.templates import LevelChange, difference_answer
 
 REFS = ['the main image has an additional finding of pneumothorax than the reference image. ',
@@ -99,7 +100,26 @@ def test_difference_edge_cases():
     assert math.isnan(s['added']['precision']) and s['added']['recall'] == 0 and s['added']['f1'] == 0
     s = difference_scores(['the main image has additional findings of edema and wombat than the reference image. '],
                           [difference_answer(['edema'])])
-    assert s['added']['tp'] == 1 and s['n_unknown_findings'] == 1
+    assert s['added']['tp'] == 1 and s['added']['fp'] == 0 and s['n_unknown_findings'] == 1
+
+
+def test_unknown_finding_names_are_set_apart():
+    LC = LevelChange
+    gen = [difference_answer(['pneumothorax', 'wombat'], removed=['edemma'], level_changes=[LC('wombat', 'small', 'large')]),
+           difference_answer(['hernia']), 'the main image has an additional finding of wombat than the reference image. ']
+    ref = [difference_answer(['pneumothorax'], removed=['edema']), difference_answer(['hernia']), 'nothing has changed.']
+    s = difference_scores(gen, ref)
+    # in vocabulary: pneumothorax TP, hernia TP, edema FN; wombat (x3) and edemma are neither TP nor FP
+    assert [s['all'][k] for k in ('tp', 'fp', 'fn')] == [2, 0, 1]
+    assert s['all']['precision'] == 1 and s['all']['f1'] == pytest.approx(4 / 5)
+    assert s['n_unknown_findings'] == 4 and s['unknown_findings'] == {'wombat': 3, 'edemma': 1}
+    assert s['no_change']['fn'] == 1  # claiming a change (even an unknown one) is still not "nothing has changed"
+    s = difference_scores([difference_answer(['wombat'])], [difference_answer(['wombat', 'edema'])])
+    assert [s['all'][k] for k in ('tp', 'fp', 'fn')] == [0, 0, 1]
+    assert (s['n_reference_unknown_findings'], s['reference_unknown_findings']) == (1, {'wombat': 1})
+    md = metrics_markdown(evaluate_predictions(pd.DataFrame({
+        'question_type': ['difference'] * 3, 'question': ['q'] * 3, 'answer': ref, 'prediction': gen})))
+    assert 'set apart and not scored: 4 in generated answers (wombat ×3, edemma), 0 in references' in md
 
 
 def test_localisation_by_hand():
@@ -161,6 +181,25 @@ def test_evaluate_predictions_per_type_and_same_study():
     with pytest.raises(DiffVQAError, match='no questions'): evaluate_predictions(df.iloc[:0])
 
 
+def test_image_controls_table():
+    df = _table()
+    ctl = {'image_control': evaluate_predictions(df.assign(prediction=['nothing has changed.', REFS[1], 'yes', 'AP view', 'nothing has changed.'])),
+           'question_only': evaluate_predictions(df.assign(prediction='nothing has changed.'))}
+    m = evaluate_predictions(df) | ctl | {'baseline': baseline_metrics(df.assign(split='train'), df)}
+    md = metrics_markdown(m)
+    table = md[md.index('## Image control'):].split('\n\n')[2].splitlines()
+    assert table[0] == ('| answered with | n | presence: exact match | view: exact match | difference: exact match | '
+                        'closed: accuracy | difference: finding F1 | difference: CIDEr |')
+    rows = [r.split(' | ') for r in table[2:]]
+    assert [r[0] for r in rows] == ['| own films (the model)', "| another pair's films (image control)",
+                                    '| blank films (question only)', '| most frequent answer per type (baseline)']
+    # n, exact match presence / view / difference, closed accuracy, finding F1 (model: TP 3, FN 1 -> 6/7)
+    assert [r[1:7] for r in rows[:3]] == [['5', '1.000', '0.000', '0.333', '0.500', '0.857'],
+                                          ['5', '1.000', '0.000', '0.667', '0.500', '0.857'],  # misses pneumothorax, gets REFS[1]
+                                          ['5', '0.000', '0.000', '0.333', '0.000', '0.000']]
+    assert 'Image control' not in metrics_markdown(evaluate_predictions(df))  # no controls, no table
+
+
 def test_majority_baseline_fits_train_only():
     train = pd.DataFrame({'question_type': ['view', 'view', 'view', 'presence', 'presence', 'presence', 'presence'],
                           'answer': ['AP view', 'PA view', 'AP view', 'yes', 'no', 'no', 'yes'],
@@ -188,6 +227,98 @@ def test_write_metrics_files(tmp_path):
     md = paths['md'].read_text()
     assert 'NOT comparable' in md and '| ReAl | .710 |' in md and 'a test table' in md and 'Mask localisation' in md
     assert sorted(p.name for p in (tmp_path / 'out').iterdir()) == ['metrics.json', 'metrics.md', 'predictions.csv']
+
+
+@pytest.fixture(scope='module')
+def short_model(tmp_path_factory):
+    "A random tiny model that reads at most 6 question tokens, and a small prepared fake release."
+    import dataclasses
+    from diffvqa.core import get_preset
+    from diffvqa.data import get_tokenizer, make_fake_mimic, prepare
+    from diffvqa.model import DiffVQA
+    d = tmp_path_factory.mktemp('short')
+    make_fake_mimic(d / 'mimic', n_subjects=4, traps=False)
+    cfg = get_preset('tiny').model
+    cache = prepare(d / 'mimic', d / 'cache', size=cfg.image_size, progress=False)
+    tok = get_tokenizer(cache, cfg)
+    DiffVQA.from_preset(dataclasses.replace(cfg, max_question_len=6), tokenizer=tok).save_pretrained(d / 'model')
+    return d, tok
+
+
+def test_long_questions_boundary(short_model):
+    _, tok = short_model
+    q = 'what has changed compared to the reference image?'
+    n = len(tok([q], add_special_tokens=False)['input_ids'][0])
+    assert n > 6
+    assert long_questions(tok, [q, q], n).tolist() == [False, False]
+    assert long_questions(tok, [q, 'is there edema?', q], n - 1).tolist() == [True, False, True]
+
+
+def test_evaluate_has_three_rows_and_reports_cut_questions(short_model, capsys):
+    from diffvqa.cli import main
+    d, _ = short_model
+    args = ['evaluate', '--run', str(d / 'model'), '--data', str(d / 'cache'), '--split', 'train',
+            '--question-types', 'difference', '--limit', '4', '--device', 'cpu', '--bs', '4']
+    assert main(args + ['--out', str(d / 'ev')]) == 0
+    out, err = capsys.readouterr()
+    warn = [l for l in err.splitlines() if l.startswith('warning')]
+    assert warn == ["warning: 4 of 4 questions are longer than the model's max_question_len=6 tokens; only their first 6 "
+                    'tokens were read (rows marked question_truncated in predictions.csv)']
+    assert "another pair's films (image control): exact match" in out and 'blank films (question only)' in out
+    m = json.loads((d / 'ev' / 'metrics.json').read_text())
+    assert [m[k]['n_questions'] for k in ('image_control', 'question_only', 'baseline')] == [4, 4, 4] and m['n_questions'] == 4
+    assert m['questions_truncated'] == {'n': 4, 'of': 4, 'max_question_len': 6}
+    assert m['run']['image_control'] and m['run']['question_only']
+    md = (d / 'ev' / 'metrics.md').read_text()
+    for row in ('own films (the model)', "another pair's films (image control)", 'blank films (question only)',
+                'most frequent answer per type (baseline)'):
+        assert f'| {row} | 4 |' in md
+    csv = pd.read_csv(d / 'ev' / 'predictions.csv')
+    assert len(csv) == 4 and csv.question_truncated.all()
+    assert {'prediction_other_images', 'prediction_blank_images'} <= set(csv.columns)
+    assert main(args + ['--out', str(d / 'fast'), '--no-image-control', '--no-question-only']) == 0
+    m = json.loads((d / 'fast' / 'metrics.json').read_text())
+    assert 'image_control' not in m and 'question_only' not in m and m['n_questions'] == 4
+    assert 'Image control' not in (d / 'fast' / 'metrics.md').read_text()
+
+
+def test_one_pair_split_skips_the_image_control(short_model, tmp_path, capsys):
+    import shutil
+    from diffvqa.cli import main
+    d, _ = short_model
+    shutil.copytree(d / 'cache', tmp_path / 'cache')
+    q = pd.read_csv(tmp_path / 'cache' / 'questions.csv', keep_default_na=False)
+    first = q[q.split == 'val'].iloc[0]
+    q = q[(q.split != 'val') | ((q.study_id == first.study_id) & (q.ref_id == first.ref_id))]
+    q.to_csv(tmp_path / 'cache' / 'questions.csv', index=False)
+    n = int(((q.split == 'val') & (q.question_type == 'difference')).sum())
+    assert main(['evaluate', '--run', str(d / 'model'), '--data', str(tmp_path / 'cache'), '--split', 'val',
+                 '--question-types', 'difference', '--device', 'cpu', '--out', str(tmp_path / 'ev')]) == 0
+    warn = [l for l in capsys.readouterr().err.splitlines() if l.startswith('warning: image control')]
+    assert warn == ["warning: image control skipped: split val has 1 image pair; another pair's films need two"]
+    m = json.loads((tmp_path / 'ev' / 'metrics.json').read_text())
+    assert 'image_control' not in m and m['question_only']['n_questions'] == m['n_questions'] == n
+    assert 'Image control skipped: split val has 1 image pair' in (tmp_path / 'ev' / 'metrics.md').read_text()
+
+
+def test_blank_images_are_all_zero(short_model, monkeypatch):
+    "The question-only control feeds both films as zeros; the image control feeds another pair's films."
+    import torch
+    from diffvqa.data import PairCache
+    from diffvqa.evaluate import generate_answers
+    from diffvqa.predict import load_model
+    d, _ = short_model
+    model, _ = load_model(d / 'model', device='cpu')
+    seen = []
+    real = model.generate
+    monkeypatch.setattr(model, 'generate', lambda main, ref, *a, **k: seen.append((main.clone(), ref.clone())) or real(main, ref, *a, **k))
+    cache = PairCache(d / 'cache')
+    for images in ('own', 'other', 'blank'): generate_answers(model, cache, 'train', limit=2, bs=2, progress=False, images=images)
+    (own_m, own_r), (oth_m, oth_r), (bl_m, bl_r) = seen
+    assert own_m.abs().sum() > 0 and not torch.equal(own_m, oth_m) and not torch.equal(own_r, oth_r)
+    assert bl_m.abs().sum() == 0 and bl_r.abs().sum() == 0 and bl_m.shape == own_m.shape
+    with pytest.raises(DiffVQAError, match='images: expected one of'):
+        generate_answers(model, cache, 'train', limit=2, progress=False, images='grey')
 
 
 def test_import_is_light():
