@@ -254,7 +254,7 @@ def inspect_release(mimic_root: str | Path, # MIMIC-CXR-JPG root (holds files/)
 CONVERSIONS: dict[str, str] = {
     'as stored': '8-bit image used as stored (MIMIC-CXR-JPG files are already converted)',
     'mimic-cxr-jpg': 'the MIMIC-CXR-JPG recipe: min-max to 8 bit, MONOCHROME1 inverted, histogram equalised',
-    'min-max': 'min-max to 8 bit only, MONOCHROME1 inverted (MIMIC-CXR-JPG conversion turned off)',
+    'min-max': 'min-max to 8 bit only, MONOCHROME1 (DICOM) inverted (MIMIC-CXR-JPG conversion turned off)',
     'dicom-display': 'DICOM modality and VOI LUT, MONOCHROME1 inverted, min-max to 8 bit (MIMIC-CXR-JPG conversion turned off)',
 }
 
@@ -399,16 +399,22 @@ def _tokenize_unique(tok: PreTrainedTokenizerFast, texts: list[str], max_len: in
     table = {t: np.asarray(ids[:max_len], dtype=np.int64) for t, ids in zip(uniq, enc)}
     return [table[t] for t in texts]
 
+def _normalized(questions: Iterable[str]) -> list[str]:
+    "`normalize_question` of each, computed once per distinct text (a release has 700k rows but few distinct questions)."
+    questions = list(questions)
+    norm = {s: normalize_question(s) for s in set(questions)}
+    return [norm[s] for s in questions]
+
 def encode_questions(tokenizer: PreTrainedTokenizerFast, # the run's tokenizer
                      questions: Sequence[str], # questions as stored or typed
                      max_len: int | None = None, # keep at most this many tokens (None: all)
                     ) -> list[np.ndarray]:
     "int64 token ids of each question in the release's spelling (`normalize_question`), each distinct text tokenized once."
-    return _tokenize_unique(tokenizer, [normalize_question(q) for q in questions], max_len)
+    return _tokenize_unique(tokenizer, _normalized(questions), max_len)
 
 def _split_texts(q: pd.DataFrame) -> list[str]:
     "Tokenizer training text of some question rows: normalised questions, then stripped answers."
-    return [*(normalize_question(s) for s in q.question), *(a.strip() for a in q.answer)]
+    return [*_normalized(q.question), *(a.strip() for a in q.answer)]
 
 def _tokenizer_for(config: ModelConfig, texts: list[str]) -> PreTrainedTokenizerFast:
     "The config's tokenizer: loaded from disk, or a BPE trained on `texts` when it says 'bpe'."
@@ -423,7 +429,7 @@ def question_lengths(questions: Sequence[str], # every question (as stored)
                     ) -> dict[str, dict[str, Any]]:
     "Per preset: questions longer than its max_question_len tokens (cut), the longest, and which tokenizer counted."
     raw = pd.Series(list(questions), dtype=str).value_counts()
-    per = raw.groupby(raw.index.map(normalize_question)).sum()        # count of each normalised question
+    per = raw.groupby(_normalized(raw.index)).sum()                   # count of each normalised question
     out = {}
     for name in presets:
         m = get_preset(name).model
