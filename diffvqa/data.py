@@ -14,10 +14,11 @@ import os
 import shutil
 import struct
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -28,17 +29,20 @@ from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast
 
-from .core import DiffVQAError, ModelConfig, atomic_write
-from .templates import QUESTION_TYPES, LevelChange, difference_answer, parse_difference_answer
+from .core import DiffVQAError, ModelConfig, atomic_write, get_preset
+from .templates import (FINDINGS, QUESTION_TYPES, LevelChange, difference_answer, normalize_question,
+                               parse_difference_answer, repair_difference_answer)
 from .tokenizer import load_tokenizer, train_bpe_tokenizer
 
 # %% auto #0
-__all__ = ['QUESTION_COLUMNS', 'SPLITS', 'QUESTIONS_CSV', 'ALL_CSV', 'METADATA_CSV', 'FRONTAL_VIEWS', 'CACHE_VERSION', 'FITS',
-           'GT_PAIRS', 'image_relpath', 'read_questions', 'choose_images', 'swap_difference_answer', 'ReleaseReport',
-           'inspect_release', 'fit_image', 'jpeg_draft_size', 'load_image', 'prepare', 'FakeMimic', 'make_fake_mimic',
-           'PairCache', 'split_texts', 'get_tokenizer', 'AugmentConfig', 'adjust_images', 'adjust_image', 'PairItem',
-           'PairBatch', 'to_float_images', 'collate_pairs', 'PairDataset', 'PairDataLoader', 'get_dataloaders',
-           'iter_split', 'add_prepare_args', 'run_prepare']
+__all__ = ['QUESTION_COLUMNS', 'SPLITS', 'QUESTIONS_CSV', 'ALL_CSV', 'METADATA_CSV', 'FRONTAL_VIEWS', 'CACHE_VERSION',
+           'CONVERSIONS', 'FITS', 'LENGTH_PRESETS', 'GT_PAIRS', 'image_relpath', 'read_questions', 'choose_images',
+           'swap_difference_answer', 'audit_difference_answers', 'ReleaseReport', 'inspect_release', 'stretch_to_uint8',
+           'equalize_hist', 'mimic_cxr_jpg', 'to_gray8', 'fit_image', 'jpeg_draft_size', 'load_image',
+           'encode_questions', 'question_lengths', 'prepare', 'FakeMimic', 'make_fake_mimic', 'PairCache',
+           'split_texts', 'get_tokenizer', 'AugmentConfig', 'adjust_images', 'adjust_image', 'PairItem', 'PairBatch',
+           'to_float_images', 'collate_pairs', 'PairDataset', 'PairDataLoader', 'get_dataloaders', 'iter_split',
+           'add_prepare_args', 'run_prepare']
 
 # %% ../nbs/api/02_data.ipynb #e72ecba2
 QUESTION_COLUMNS: tuple[str, ...] = ('study_id', 'subject_id', 'ref_id', 'question_type', 'question', 'answer', 'split')
@@ -149,6 +153,25 @@ def swap_difference_answer(answer: str, # a difference answer describing main vs
     return difference_answer(added=p.removed, removed=p.added,
                              level_changes=[LevelChange(c.finding, c.after, c.before) for c in p.level_changes])
 
+def audit_difference_answers(q: pd.DataFrame, # question table (question_type, answer); answers rewritten in place if repair
+                             repair: bool = True, # rewrite answers with glued or repeated findings
+                            ) -> dict[str, Any]:
+    "Count difference answers with glued or repeated findings (rewriting them if `repair`) and names outside FINDINGS."
+    diff = q.question_type == 'difference'
+    counts = q.answer[diff].value_counts()                           # each distinct answer is parsed once
+    parsed = {a: parse_difference_answer(a) for a in counts.index}
+    glued = [a for a, p in parsed.items() if p.repaired]
+    fix = {a: b for a in glued if (b := repair_difference_answer(a)) != a}
+    unknown = Counter()
+    for a, p in parsed.items():
+        for name in dict.fromkeys([*p.added, *p.removed, *(c.finding for c in p.level_changes)]):
+            if name not in FINDINGS: unknown[name] += int(counts[a])
+    if repair and fix:
+        hit = diff & q.answer.isin(list(fix))
+        q.loc[hit, 'answer'] = q.answer[hit].map(fix)
+    return dict(glued_answers=int(counts[glued].sum()), answers_repaired=int(counts[list(fix)].sum()) if repair else 0,
+                unknown_findings=dict(unknown.most_common()))
+
 @dataclass
 class ReleaseReport:
     "What `inspect_release` found: the joined tables and a count of every trap."
@@ -158,6 +181,9 @@ class ReleaseReport:
     swapped: int = 0                       # difference rows swapped by fix_order
     unswappable: int = 0                   # reversed difference rows whose answer did not parse
     no_frontal: int = 0                    # studies whose chosen image is not PA/AP
+    glued_answers: int = 0                 # difference answers with glued or repeated findings
+    answers_repaired: int = 0              # of those, rewritten (repair_answers)
+    unknown_findings: dict[str, int] = field(default_factory=dict)  # names outside FINDINGS -> answers holding them
     unlisted: list[int] = field(default_factory=list)  # studies with no image listed anywhere
     missing: list[str] = field(default_factory=list)   # chosen images absent on disk (relative paths)
     sources: dict[str, str | None] = field(default_factory=dict)  # the files read
@@ -171,7 +197,9 @@ class ReleaseReport:
             f'{len(self.images)} studies',
             f'reference later than main: {rev}' + (f'; swapped {self.swapped} difference rows' if self.swapped else ''),
             f'studies without a frontal image: {self.no_frontal}; with no image listed: {len(self.unlisted)}; '
-            f'image files missing: {len(self.missing)}'])
+            f'image files missing: {len(self.missing)}',
+            f'difference answers with glued or repeated findings: {self.glued_answers} (repaired {self.answers_repaired}); '
+            f'names outside the vocabulary: {self.unknown_findings or "none"}'])
 
 def _find(path: str | Path | None, names: Sequence[Path]) -> Path | None:
     if path is not None: return Path(path)
@@ -182,6 +210,7 @@ def inspect_release(mimic_root: str | Path, # MIMIC-CXR-JPG root (holds files/)
                     metadata_csv: str | Path | None = None, # mimic-cxr-2.0.0-metadata.csv (default: searched)
                     all_csv: str | Path | None = None, # mimic_all.csv (default: beside the questions)
                     fix_order: bool = False, # swap difference rows whose reference is later
+                    repair_answers: bool = True, # rewrite difference answers with glued or repeated findings
                    ) -> ReleaseReport:
     "Validate a release tree and count its traps, reading only CSVs and file sizes."
     root = Path(mimic_root)
@@ -205,6 +234,7 @@ def inspect_release(mimic_root: str | Path, # MIMIC-CXR-JPG root (holds files/)
     rev_a, known_a = later('order_all')
     reversed_ = rev_m.where(known_m, rev_a.where(known_a, False)).astype(bool)
     counts = {t: int(reversed_[q.question_type == t].sum()) for t in QUESTION_TYPES}
+    audit = audit_difference_answers(q, repair_answers)
     q['swapped'] = False
     swapped = unswappable = 0
     if fix_order:
@@ -215,29 +245,77 @@ def inspect_release(mimic_root: str | Path, # MIMIC-CXR-JPG root (holds files/)
             swapped += 1
     return ReleaseReport(questions=q, images=img, reversed_pairs=counts, swapped=swapped, unswappable=unswappable,
                          no_frontal=int((listed & ~img.frontal).sum()), unlisted=img.study_id[~listed].tolist(),
-                         missing=img.path[listed & ~img.exists].tolist(),
+                         missing=img.path[listed & ~img.exists].tolist(), **audit,
                          sources=dict(mimic_root=str(root.resolve()), questions=str(questions.resolve()),
                                       all_csv=str(all_csv.resolve()) if all_csv else None,
                                       metadata_csv=str(metadata_csv.resolve()) if metadata_csv else None))
 
+# %% ../nbs/api/02_data.ipynb #768403a9
+CONVERSIONS: dict[str, str] = {
+    'as stored': '8-bit image used as stored (MIMIC-CXR-JPG files are already converted)',
+    'mimic-cxr-jpg': 'the MIMIC-CXR-JPG recipe: min-max to 8 bit, MONOCHROME1 inverted, histogram equalised',
+    'min-max': 'min-max to 8 bit only, MONOCHROME1 (DICOM) inverted (MIMIC-CXR-JPG conversion turned off)',
+    'dicom-display': 'DICOM modality and VOI LUT, MONOCHROME1 inverted, min-max to 8 bit (MIMIC-CXR-JPG conversion turned off)',
+}
+
+def stretch_to_uint8(a: np.ndarray, # any real-valued array
+                    ) -> np.ndarray:
+    "Map the array's actual [min, max] linearly onto [0, 255], round((v - min) * (255 / (max - min))); constant -> zeros."
+    a = np.asarray(a, dtype=np.float64)
+    finite = np.isfinite(a)
+    if not finite.any(): return np.zeros(a.shape, np.uint8)
+    lo, hi = a[finite].min(), a[finite].max()
+    if hi <= lo: return np.zeros(a.shape, np.uint8)
+    out = (np.where(finite, a, lo) - lo) * (255.0 / (hi - lo))
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+def equalize_hist(a: np.ndarray, # uint8 image, any shape
+                 ) -> np.ndarray:
+    "Histogram-equalised copy of a uint8 image (OpenCV equalizeHist's formula); DiffVQAError for other dtypes."
+    a = np.asarray(a)
+    if a.dtype != np.uint8: raise DiffVQAError(f'equalize_hist: needs a uint8 image, got {a.dtype}')
+    hist = np.bincount(a.ravel(), minlength=256)
+    if a.size == 0 or hist.max() == a.size: return a.copy()            # empty or constant: nothing to spread
+    cdf = np.cumsum(hist)
+    c0 = cdf[np.flatnonzero(hist)[0]]                                   # pixels at the darkest level present
+    lut = np.clip(np.rint((cdf - c0) * (255.0 / (a.size - c0))), 0, 255).astype(np.uint8)
+    return lut[a]
+
+def mimic_cxr_jpg(a: np.ndarray, # [H,W] stored pixel values, any real dtype
+                  monochrome1: bool = False, # large values are dark (DICOM MONOCHROME1): invert after scaling
+                  equalize: bool = True, # histogram-equalise (False: stop after scaling and inversion)
+                 ) -> np.ndarray:
+    "uint8 [H,W] as MIMIC-CXR-JPG was made from DICOM: min-max to 8 bit, invert MONOCHROME1, equalise (arXiv:1901.07042; github.com/MIT-LCP/mimic-cxr)."
+    u8 = stretch_to_uint8(a)
+    if monochrome1: u8 = 255 - u8
+    return equalize_hist(u8) if equalize else u8
+
+def to_gray8(im: Image.Image, # a loaded Pillow image, any mode
+             mimic_conversion: bool = True, # more than 8 bits per pixel: the MIMIC-CXR-JPG recipe (False: min-max only)
+            ) -> tuple[np.ndarray, str]:
+    "uint8 [H,W] gray from any Pillow mode, and the CONVERSIONS key of what was done."
+    mode = im.mode
+    if mode.startswith('I;16') or mode in ('I', 'F'):
+        try: a = np.asarray(im)
+        except (TypeError, ValueError): a = np.asarray(im.convert('I'))
+        return mimic_cxr_jpg(a, equalize=mimic_conversion), 'mimic-cxr-jpg' if mimic_conversion else 'min-max'
+    if mode in ('P', 'PA', 'RGBA', 'LA', 'RGBa', 'La'):                  # alpha: composite over black
+        rgba = im.convert('RGBA')
+        im = Image.alpha_composite(Image.new('RGBA', rgba.size, (0, 0, 0, 255)), rgba).convert('RGB')
+    gray = im if im.mode == 'L' else im.convert('L') if im.mode in ('1', 'RGB') else im.convert('RGB').convert('L')
+    return np.array(gray, dtype=np.uint8), 'as stored'
+
 # %% ../nbs/api/02_data.ipynb #0de520f1
 FITS: tuple[str, ...] = ('pad', 'crop', 'stretch')
-
-def _to_gray(im: Image.Image) -> Image.Image:
-    if im.mode == 'L': return im
-    if im.mode in ('I;16', 'I;16B', 'I;16L', 'I', 'F'):
-        a = np.asarray(im, dtype=np.float64)
-        lo, hi = a.min(), a.max()
-        return Image.fromarray(np.round((a - lo) / max(hi - lo, 1e-12) * 255).astype(np.uint8))
-    return im.convert('L')
 
 def fit_image(im: Image.Image, # a decoded image, any mode
               size: int, # side S of the square output
               fit: str = 'pad', # 'pad', 'crop' or 'stretch'
+              mimic_conversion: bool = True, # high bit depths get the MIMIC-CXR-JPG recipe (see `to_gray8`)
              ) -> np.ndarray:
     "Resize one image to a single-channel uint8 [S, S] array by the given aspect-ratio policy."
     if fit not in FITS: raise DiffVQAError(f'--fit: unknown policy {fit!r} (choose from {", ".join(FITS)})')
-    im = _to_gray(im)
+    im = Image.fromarray(to_gray8(im, mimic_conversion)[0])
     w, h = im.size
     if fit == 'stretch': return np.asarray(im.resize((size, size), Image.Resampling.LANCZOS), dtype=np.uint8)
     s = size / (max(h, w) if fit == 'pad' else min(h, w))
@@ -263,25 +341,26 @@ def jpeg_draft_size(w: int, # original width
 def load_image(path: str | Path, # an image file (JPEG, PNG, ...)
                size: int, # side S of the square output
                fit: str = 'pad', # aspect-ratio policy
+               mimic_conversion: bool = True, # high bit depths get the MIMIC-CXR-JPG recipe (see `to_gray8`)
               ) -> tuple[np.ndarray, tuple[int, int]]:
     "Decode (in JPEG draft mode) and fit one image; returns the [S, S] uint8 array and the original (h, w)."
     with Image.open(path) as im:
         w, h = im.size
         if im.format == 'JPEG': im.draft('L', jpeg_draft_size(w, h, size, fit))   # decode at 1/2, 1/4 or 1/8 when possible
         im.load()
-        return fit_image(im, size, fit), (h, w)
+        return fit_image(im, size, fit, mimic_conversion), (h, w)
 
 # %% ../nbs/api/02_data.ipynb #ca19da45
 _STATUS_TODO, _STATUS_OK, _STATUS_BAD = 0, 1, 3
 
-def _decode_chunk(task: tuple[str, int, str, list[tuple[int, str]]]) -> list[tuple[int, int, int, int]]:
+def _decode_chunk(task: tuple[str, int, str, bool, list[tuple[int, str]]]) -> list[tuple[int, int, int, int]]:
     "Worker: decode, fit and write a chunk of rows; returns (row, status, h, w) per row."
-    img_file, size, fit, jobs = task
+    img_file, size, fit, mimic, jobs = task
     out = []
     fd = os.open(img_file, os.O_WRONLY)
     try:
         for row, path in jobs:
-            try: a, (h, w) = load_image(path, size, fit)
+            try: a, (h, w) = load_image(path, size, fit, mimic)
             except (OSError, ValueError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError):
                 out.append((row, _STATUS_BAD, 0, 0)); continue
             os.pwrite(fd, a.tobytes(), row * size * size)
@@ -290,13 +369,14 @@ def _decode_chunk(task: tuple[str, int, str, list[tuple[int, str]]]) -> list[tup
     finally: os.close(fd)
     return out
 
-def _decode_all(part: Path, root: Path, paths: list[str], size: int, fit: str, workers: int, progress: bool) -> np.ndarray:
+def _decode_all(part: Path, root: Path, paths: list[str], size: int, fit: str, mimic: bool, workers: int,
+                progress: bool) -> np.ndarray:
     "Decode every row not yet done into part/images.u8; returns the status array."
     n = len(paths)
     status = np.fromfile(part/'status.u8', dtype=np.uint8)
     todo = [(r, str(root/paths[r])) for r in range(n) if status[r] != _STATUS_OK]
     cs = max(1, min(64, len(todo) // max(1, 8 * workers)))
-    tasks = [(str(part/'images.u8'), size, fit, todo[i:i + cs]) for i in range(0, len(todo), cs)]
+    tasks = [(str(part/'images.u8'), size, fit, mimic, todo[i:i + cs]) for i in range(0, len(todo), cs)]
     sfd, hfd = os.open(part/'status.u8', os.O_WRONLY), os.open(part/'shapes.i32', os.O_WRONLY)
     pool = mp.get_context('fork' if sys.platform.startswith('linux') else 'spawn').Pool(workers) if workers > 1 and len(tasks) > 1 else None
     try:
@@ -311,6 +391,56 @@ def _decode_all(part: Path, root: Path, paths: list[str], size: int, fit: str, w
         if pool: pool.close(); pool.join()
         os.close(sfd); os.close(hfd)
     return status
+
+# %% ../nbs/api/02_data.ipynb #2106da46
+def _tokenize_unique(tok: PreTrainedTokenizerFast, texts: list[str], max_len: int | None) -> list[np.ndarray]:
+    uniq = sorted(set(texts))
+    enc = tok(uniq, add_special_tokens=False)['input_ids'] if uniq else []
+    table = {t: np.asarray(ids[:max_len], dtype=np.int64) for t, ids in zip(uniq, enc)}
+    return [table[t] for t in texts]
+
+def _normalized(questions: Iterable[str]) -> list[str]:
+    "`normalize_question` of each, computed once per distinct text (a release has 700k rows but few distinct questions)."
+    questions = list(questions)
+    norm = {s: normalize_question(s) for s in set(questions)}
+    return [norm[s] for s in questions]
+
+def encode_questions(tokenizer: PreTrainedTokenizerFast, # the run's tokenizer
+                     questions: Sequence[str], # questions as stored or typed
+                     max_len: int | None = None, # keep at most this many tokens (None: all)
+                    ) -> list[np.ndarray]:
+    "int64 token ids of each question in the release's spelling (`normalize_question`), each distinct text tokenized once."
+    return _tokenize_unique(tokenizer, _normalized(questions), max_len)
+
+def _split_texts(q: pd.DataFrame) -> list[str]:
+    "Tokenizer training text of some question rows: normalised questions, then stripped answers."
+    return [*_normalized(q.question), *(a.strip() for a in q.answer)]
+
+def _tokenizer_for(config: ModelConfig, texts: list[str]) -> PreTrainedTokenizerFast:
+    "The config's tokenizer: loaded from disk, or a BPE trained on `texts` when it says 'bpe'."
+    if config.tokenizer != 'bpe': return load_tokenizer(config.tokenizer)
+    return train_bpe_tokenizer(texts, vocab_size=config.bpe_vocab_size)
+
+LENGTH_PRESETS: tuple[str, ...] = ('tiny', 'paper')
+
+def question_lengths(questions: Sequence[str], # every question (as stored)
+                     train_texts: list[str], # training text for BPE tokenizers (`_split_texts` of the train rows)
+                     presets: Sequence[str] = LENGTH_PRESETS, # which presets to measure
+                    ) -> dict[str, dict[str, Any]]:
+    "Per preset: questions longer than its max_question_len tokens (cut), the longest, and which tokenizer counted."
+    raw = pd.Series(list(questions), dtype=str).value_counts()
+    per = raw.groupby(_normalized(raw.index)).sum()                   # count of each normalised question
+    out = {}
+    for name in presets:
+        m = get_preset(name).model
+        bpe = f'byte-level BPE {m.bpe_vocab_size} trained on the train split'
+        try: tok, how = _tokenizer_for(m, train_texts), (bpe if m.tokenizer == 'bpe' else m.tokenizer)
+        except DiffVQAError:                                            # the preset's tokenizer files are not here
+            tok, how = train_bpe_tokenizer(train_texts, m.bpe_vocab_size), f'stand-in for {m.tokenizer} (no files here): {bpe}'
+        n = np.array([len(ids) for ids in encode_questions(tok, list(per.index))])
+        out[name] = dict(max_question_len=m.max_question_len, cut=int(per.to_numpy()[n > m.max_question_len].sum()),
+                         longest=int(n.max()) if len(n) else 0, tokenizer=how)
+    return out
 
 # %% ../nbs/api/02_data.ipynb #7f288e78
 def _fail_line(what: str, paths: list[str], root: Path) -> str:
@@ -346,6 +476,8 @@ def prepare(mimic_root: str | Path, # MIMIC-CXR-JPG root (holds files/), or a sy
             fix_order: bool = False, # swap difference rows whose reference study is later
             skip_missing: bool = False, # drop questions with missing/unreadable images instead of stopping
             progress: bool = True, # show a progress bar
+            repair_answers: bool = True, # rewrite difference answers with glued or repeated findings
+            mimic_conversion: bool = True, # images of more than 8 bits get the MIMIC-CXR-JPG recipe (`to_gray8`)
            ) -> Path:
     "Validate a release tree and decode each needed image once into a resumable memory-mapped cache."
     if size < 8: raise DiffVQAError(f'--size: {size} is too small (need >= 8)')
@@ -354,7 +486,7 @@ def prepare(mimic_root: str | Path, # MIMIC-CXR-JPG root (holds files/), or a sy
     root, out = Path(mimic_root), Path(out)
     if out.resolve() == root.resolve() or out.resolve().is_relative_to((root/'files').resolve()):
         raise DiffVQAError(f'--out {out}: must not be the dataset folder or inside its files/ (the dataset is never written to)')
-    rep = inspect_release(root, questions, metadata_csv, all_csv, fix_order)
+    rep = inspect_release(root, questions, metadata_csv, all_csv, fix_order, repair_answers)
     img = rep.images
     if (rep.missing or rep.unlisted) and not skip_missing:
         what = rep.missing + [f'(study {s}: no image listed)' for s in rep.unlisted]
@@ -363,7 +495,8 @@ def prepare(mimic_root: str | Path, # MIMIC-CXR-JPG root (holds files/), or a sy
     plan = img[img.exists].sort_values('study_id', kind='stable').reset_index(drop=True)
     paths, n = plan.path.tolist(), len(plan)
     if n == 0: raise DiffVQAError(f'{root}: none of the needed images exist')
-    plan_hash = hashlib.sha256(json.dumps([CACHE_VERSION, size, fit, paths]).encode()).hexdigest()
+    conversion = [] if mimic_conversion else ['min-max']             # the default keeps earlier caches' plan hash
+    plan_hash = hashlib.sha256(json.dumps([CACHE_VERSION, size, fit, paths] + conversion).encode()).hexdigest()
     out.mkdir(parents=True, exist_ok=True)
     part = out/'.partial'
     old = json.loads((out/'meta.json').read_text()) if (out/'meta.json').is_file() else None
@@ -379,7 +512,7 @@ def prepare(mimic_root: str | Path, # MIMIC-CXR-JPG root (holds files/), or a sy
         with open(part/'images.u8', 'wb') as f: f.truncate(n * size * size)
         (part/'status.u8').write_bytes(bytes(n)); (part/'shapes.i32').write_bytes(bytes(8 * n))
         atomic_write(part/'plan.json', json.dumps({'plan_sha256': plan_hash}))
-    status = _decode_all(part, root, paths, size, fit, workers, progress)
+    status = _decode_all(part, root, paths, size, fit, mimic_conversion, workers, progress)
     bad = [p for p, s in zip(paths, status) if s != _STATUS_OK]
     if bad and not skip_missing: raise DiffVQAError(_fail_line('unreadable or truncated', bad, root))
     # tables
@@ -400,6 +533,7 @@ def prepare(mimic_root: str | Path, # MIMIC-CXR-JPG root (holds files/), or a sy
     per_study = pd.concat([dropped.study_id, dropped.ref_id[dropped.ref_id != dropped.study_id]]).value_counts()
     skipped['questions_dropped'] = skipped.study_id.map(per_study).fillna(0).astype('int64')
     q = q[keep].reset_index(drop=True)
+    lengths = question_lengths(q.question, _split_texts(q[q.split == 'train']) or _split_texts(q))
     masks = _mask_lookup(root)
     if masks: q['change_mask'] = [masks.get((s, r), '') for s, r in zip(q.study_id, q.ref_id)]   # swapped rows: no key
     index = plan[['row', 'subject_id', 'study_id', 'dicom_id', 'path', 'view', 'frontal', 'height', 'width', 'ok']]
@@ -413,8 +547,11 @@ def prepare(mimic_root: str | Path, # MIMIC-CXR-JPG root (holds files/), or a sy
                 question_types={t: int((q.question_type == t).sum()) for t in QUESTION_TYPES},
                 report=dict(reversed_pairs=rep.reversed_pairs, swapped=rep.swapped, unswappable=rep.unswappable,
                             no_frontal=rep.no_frontal, unlisted=len(rep.unlisted), missing=len(rep.missing),
-                            unreadable=int((~plan.ok).sum()), questions_dropped=int((~keep).sum())),
-                fix_order=fix_order, has_change_masks=bool(masks),
+                            unreadable=int((~plan.ok).sum()), questions_dropped=int((~keep).sum()),
+                            glued_answers=rep.glued_answers, answers_repaired=rep.answers_repaired,
+                            unknown_findings=rep.unknown_findings, long_questions=lengths),
+                fix_order=fix_order, repair_answers=repair_answers, mimic_conversion=mimic_conversion,
+                has_change_masks=bool(masks),
                 sources=rep.sources, plan_sha256=plan_hash)
     atomic_write(out/'meta.json', json.dumps(meta, indent=2))
     shutil.rmtree(part, ignore_errors=True)
@@ -583,20 +720,19 @@ def _as_cache(cache: PairCache | str | Path) -> PairCache:
 def split_texts(cache: PairCache | str | Path, # a prepared cache
                 split: str = 'train', # whose text
                ) -> list[str]:
-    "Questions and (stripped) answers of one split, for tokenizer training."
-    q = _as_cache(cache).select(split)
-    return [*q.question.tolist(), *(a.strip() for a in q.answer)]
+    "Questions (normalised) and stripped answers of one split, for tokenizer training."
+    return _split_texts(_as_cache(cache).select(split))
 
 def get_tokenizer(cache_or_texts: PairCache | str | Path | Iterable[str], # a cache (train split used) or texts
                   config: ModelConfig, # reads `tokenizer` and `bpe_vocab_size`
                  ) -> PreTrainedTokenizerFast:
     "GPT-2's (or a saved) tokenizer, or a byte-level BPE trained on the training split's text."
-    if config.tokenizer != 'bpe': return load_tokenizer(config.tokenizer)
+    if config.tokenizer != 'bpe': return _tokenizer_for(config, [])
     if isinstance(cache_or_texts, (PairCache, str, Path)):
         texts = split_texts(cache_or_texts, 'train')
         if not texts: raise DiffVQAError(f'{_as_cache(cache_or_texts).path}: the train split has no questions to train a tokenizer on')
     else: texts = list(cache_or_texts)
-    return train_bpe_tokenizer(texts, vocab_size=config.bpe_vocab_size)
+    return _tokenizer_for(config, texts)
 
 # %% ../nbs/api/02_data.ipynb #16c77ea3
 @dataclass
@@ -714,12 +850,6 @@ def collate_pairs(items: list[PairItem], # items from a PairDataset
                         ('question_type', 'qid', 'study_id', 'ref_id', 'subject_id', 'question', 'answer')})
 
 # %% ../nbs/api/02_data.ipynb #a3e653d7
-def _tokenize_unique(tok: PreTrainedTokenizerFast, texts: list[str], max_len: int) -> list[np.ndarray]:
-    uniq = sorted(set(texts))
-    enc = tok(uniq, add_special_tokens=False)['input_ids'] if uniq else []
-    table = {t: np.asarray(ids[:max_len], dtype=np.int64) for t, ids in zip(uniq, enc)}
-    return [table[t] for t in texts]
-
 class PairDataset(torch.utils.data.Dataset):
     "Questions of one split over a prepared cache: images, tokens, type and ids per item."
     n_inp = 6  # fastai: the first six batch elements are model inputs, the last is the target
@@ -744,7 +874,7 @@ class PairDataset(torch.utils.data.Dataset):
         self.strength = np.array([a.brightness, a.contrast, a.sharpness])
         self.seed, self.epoch = seed, 0
         self.pad_id, self.eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
-        self.q_tok = _tokenize_unique(tokenizer, self.q.question.tolist(), max_question_len)
+        self.q_tok = encode_questions(tokenizer, self.q.question.tolist(), max_question_len)
         a_tok = _tokenize_unique(tokenizer, [a.strip() for a in self.q.answer], max_answer_len - 1)
         self.a_tok = [np.append(a, self.eos_id) for a in a_tok]
         self.main_rows, self.ref_rows = self.q.main_row.to_numpy(), self.q.ref_row.to_numpy()
@@ -840,6 +970,10 @@ def add_prepare_args(p: argparse.ArgumentParser, # the `diffvqa prepare` parser
     p.add_argument('--workers', type=int, default=min(8, os.cpu_count() or 1), help='decoding processes')
     p.add_argument('--fix-order', action='store_true', help='swap difference rows whose reference study is later')
     p.add_argument('--skip-missing', action='store_true', help='drop questions with missing/unreadable images (listed in skipped.csv)')
+    p.add_argument('--no-answer-repair', action='store_true',
+                   help='leave difference answers with glued or repeated findings as they are (they are still counted)')
+    p.add_argument('--no-mimic-conversion', action='store_true',
+                   help='images of more than 8 bits: min-max to 8 bit only, no MIMIC-CXR-JPG histogram equalisation')
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
 
 def run_prepare(args: argparse.Namespace, # parsed `diffvqa prepare` flags
@@ -847,7 +981,8 @@ def run_prepare(args: argparse.Namespace, # parsed `diffvqa prepare` flags
     "Run `diffvqa prepare`; returns the exit status."
     out = prepare(args.mimic_root, args.out, questions=args.questions, metadata_csv=args.metadata, all_csv=args.all_csv,
                   size=args.size, fit=args.fit, workers=args.workers, fix_order=args.fix_order,
-                  skip_missing=args.skip_missing, progress=not args.no_progress)
+                  skip_missing=args.skip_missing, progress=not args.no_progress, repair_answers=not args.no_answer_repair,
+                  mimic_conversion=not args.no_mimic_conversion)
     meta = json.loads((out/'meta.json').read_text())
     r = meta['report']
     print(f'{out}: {meta["shape"][0]} images at {meta["size"]}px ({meta["fit"]}), {meta["n_questions"]} questions '
@@ -855,4 +990,10 @@ def run_prepare(args: argparse.Namespace, # parsed `diffvqa prepare` flags
     print(f'traps: reference later than main {sum(r["reversed_pairs"].values())} '
           f'(difference {r["reversed_pairs"]["difference"]}, swapped {r["swapped"]}), no frontal image {r["no_frontal"]}, '
           f'missing {r["missing"]}, unreadable {r["unreadable"]}, questions dropped {r["questions_dropped"]}')
+    print(f'difference answers with glued or repeated findings: {r["glued_answers"]} '
+          f'({"repaired " + str(r["answers_repaired"]) if meta["repair_answers"] else "left as they are"}); '
+          f'names outside the vocabulary: {r["unknown_findings"] or "none"}')
+    for name, L in r['long_questions'].items():
+        print(f'questions longer than {name} max_question_len={L["max_question_len"]} tokens (cut): {L["cut"]} '
+              f'(longest {L["longest"]}; counted with {L["tokenizer"]})')
     return 0

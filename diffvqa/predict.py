@@ -18,43 +18,17 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .core import DiffVQAError, atomic_write
+from .data import CONVERSIONS, encode_questions, fit_image, jpeg_draft_size, mimic_cxr_jpg, stretch_to_uint8, to_gray8
+from .templates import normalize_question
 
 # %% auto #0
-__all__ = ['MAX_PIXELS', 'DICOM_SUFFIXES', 'stretch_to_uint8', 'read_image', 'resize_like_cache', 'Prediction', 'mask_stats',
-           'model_dir', 'load_model', 'model_image_size', 'clean_question', 'predict', 'write_prediction',
+__all__ = ['MAX_PIXELS', 'DICOM_SUFFIXES', 'read_film', 'read_image', 'resize_like_cache', 'Prediction', 'mask_stats',
+           'model_dir', 'load_model', 'model_image_size', 'question_ids', 'predict', 'write_prediction',
            'add_predict_args', 'run_predict']
 
 # %% ../nbs/api/10a_predict.ipynb #b942e50b
 MAX_PIXELS = 100_000_000  # largest image (width × height) read_image decodes
 DICOM_SUFFIXES = ('.dcm', '.dicom', '.dic')
-
-def stretch_to_uint8(a: np.ndarray, # any real-valued array
-                    ) -> np.ndarray:
-    "Map the array's actual [min, max] linearly onto [0, 255] (a constant array gives zeros)."
-    a = np.asarray(a, dtype=np.float64)
-    finite = np.isfinite(a)
-    if not finite.any(): return np.zeros(a.shape, np.uint8)
-    lo, hi = a[finite].min(), a[finite].max()
-    if hi <= lo: return np.zeros(a.shape, np.uint8)
-    out = (np.where(finite, a, lo) - lo) * (255.0 / (hi - lo))
-    return np.clip(np.round(out), 0, 255).astype(np.uint8)
-
-def _pil_to_gray(im: Image.Image) -> np.ndarray:
-    "uint8 [H,W] from a loaded Pillow image of any mode, following the policy table."
-    mode = im.mode
-    if mode == 'L': return np.asarray(im, dtype=np.uint8).copy()
-    if mode.startswith('I;16') or mode in ('I', 'F'):
-        try: a = np.asarray(im)
-        except (TypeError, ValueError): a = np.asarray(im.convert('I'))
-        return stretch_to_uint8(a)
-    if mode == '1': return np.asarray(im.convert('L'), dtype=np.uint8).copy()
-    if mode in ('P', 'PA'):
-        im = im.convert('RGBA'); mode = 'RGBA'
-    if mode in ('RGBA', 'LA', 'RGBa', 'La'):
-        rgba = im.convert('RGBA')
-        black = Image.new('RGBA', rgba.size, (0, 0, 0, 255))
-        return np.asarray(Image.alpha_composite(black, rgba).convert('L'), dtype=np.uint8).copy()
-    return np.asarray(im.convert('RGB').convert('L'), dtype=np.uint8).copy()
 
 # %% ../nbs/api/10a_predict.ipynb #2865f7b8
 def _is_dicom(path: Path) -> bool:
@@ -63,8 +37,8 @@ def _is_dicom(path: Path) -> bool:
     except OSError: return False
     return head[128:132] == b'DICM' or path.suffix.lower() in DICOM_SUFFIXES
 
-def _read_dicom(path: Path, max_pixels: int) -> np.ndarray:
-    "uint8 [H,W] from a DICOM file: modality LUT, VOI LUT, MONOCHROME1 inversion, actual-range stretch."
+def _read_dicom(path: Path, max_pixels: int, mimic_conversion: bool) -> tuple[np.ndarray, str]:
+    "uint8 [H,W] from a DICOM file and the CONVERSIONS key of how: the MIMIC-CXR-JPG recipe, or the display LUTs."
     try:
         import pydicom
         from pydicom.pixels import apply_modality_lut, apply_voi_lut, convert_color_space
@@ -79,30 +53,32 @@ def _read_dicom(path: Path, max_pixels: int) -> np.ndarray:
         arr = ds.pixel_array
         photometric = str(ds.get('PhotometricInterpretation', 'MONOCHROME2')).upper()
         if int(ds.get('NumberOfFrames', 1) or 1) > 1: arr = arr[0]
+        how = 'mimic-cxr-jpg' if mimic_conversion else 'min-max'
         if arr.ndim == 3:  # colour: RGB or YBR
             if photometric.startswith('YBR'): arr = convert_color_space(arr, photometric, 'RGB')
-            rgb = np.asarray(arr, dtype=np.float64)[..., :3]
-            return stretch_to_uint8(rgb @ np.array([0.299, 0.587, 0.114]))
-        arr = apply_voi_lut(apply_modality_lut(arr, ds), ds, index=0)
-        arr = np.asarray(arr, dtype=np.float64)
+            luma = np.asarray(arr, dtype=np.float64)[..., :3] @ np.array([0.299, 0.587, 0.114])
+            return mimic_cxr_jpg(luma, equalize=mimic_conversion), how
+        if mimic_conversion: return mimic_cxr_jpg(arr, monochrome1=photometric == 'MONOCHROME1'), how
+        arr = np.asarray(apply_voi_lut(apply_modality_lut(arr, ds), ds, index=0), dtype=np.float64)
         if photometric == 'MONOCHROME1': arr = arr.max() + arr.min() - arr
-        return stretch_to_uint8(arr)
+        return stretch_to_uint8(arr), 'dicom-display'
     except DiffVQAError: raise
     except Exception as e:  # pydicom raises many types for broken or unsupported files
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DiffVQAError(f'{path}: not a readable DICOM image ({msg})') from None
 
 # %% ../nbs/api/10a_predict.ipynb #7f5d35ce
-def read_image(path: str | Path, # an image file: JPEG, PNG, TIFF, BMP..., or DICOM with pydicom installed
-               size: int | None = None, # resize like the training cache to size × size (None: keep the original)
-               max_pixels: int = MAX_PIXELS, # refuse images with more pixels than this (decompression-bomb guard)
-               fit: str = 'pad', # with `size`: the cache's aspect-ratio policy ('pad', 'crop', 'stretch')
-              ) -> np.ndarray:
-    "A uint8 [H,W] gray image from any readable image file, or a one-line DiffVQAError naming the file."
+def read_film(path: str | Path, # an image file: JPEG, PNG, TIFF, BMP..., or DICOM with pydicom installed
+              size: int | None = None, # resize like the training cache to size × size (None: keep the original)
+              max_pixels: int = MAX_PIXELS, # refuse images with more pixels than this (decompression-bomb guard)
+              fit: str = 'pad', # with `size`: the cache's aspect-ratio policy ('pad', 'crop', 'stretch')
+              mimic_conversion: bool = True, # DICOM and >8-bit images: the MIMIC-CXR-JPG recipe (False: stretch only)
+             ) -> tuple[np.ndarray, str]:
+    "A uint8 [H,W] (or [S,S]) gray image and the CONVERSIONS key of how it was made; one-line DiffVQAError naming a bad file."
     path = Path(path)
     if not path.exists(): raise DiffVQAError(f'{path}: no such file')
     if not path.is_file(): raise DiffVQAError(f'{path}: not a file')
-    if _is_dicom(path): gray = _read_dicom(path, max_pixels)
+    if _is_dicom(path): gray, how = _read_dicom(path, max_pixels, mimic_conversion)
     else:
         try:
             with warnings.catch_warnings():
@@ -112,12 +88,11 @@ def read_image(path: str | Path, # an image file: JPEG, PNG, TIFF, BMP..., or DI
                     if w * h > max_pixels:
                         raise DiffVQAError(f'{path}: image of {w}x{h} pixels exceeds the limit of {max_pixels} pixels')
                     if w == 0 or h == 0: raise DiffVQAError(f'{path}: image has no pixels ({w}x{h})')
-                    if size is not None and im.format == 'JPEG':
-                        from diffvqa.data import jpeg_draft_size  # the cache's decoder settings, so results match it
+                    if size is not None and im.format == 'JPEG':  # the cache's decoder settings, so results match it
                         im.draft('L', jpeg_draft_size(w, h, size, fit))
                     im.load()
                     im = ImageOps.exif_transpose(im)
-                    gray = _pil_to_gray(im)
+                    gray, how = to_gray8(im, mimic_conversion)
         except DiffVQAError: raise
         except Image.DecompressionBombError as e:
             raise DiffVQAError(f'{path}: image too large, refused as a possible decompression bomb ({e})') from None
@@ -127,7 +102,16 @@ def read_image(path: str | Path, # an image file: JPEG, PNG, TIFF, BMP..., or DI
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise DiffVQAError(f'{path}: not a readable image ({msg})') from None
     if gray.ndim != 2 or 0 in gray.shape: raise DiffVQAError(f'{path}: decoded to an unusable array of shape {gray.shape}')
-    return gray if size is None else resize_like_cache(gray, size, fit)
+    return (gray if size is None else resize_like_cache(gray, size, fit)), how
+
+def read_image(path: str | Path, # an image file: JPEG, PNG, TIFF, BMP..., or DICOM with pydicom installed
+               size: int | None = None, # resize like the training cache to size × size (None: keep the original)
+               max_pixels: int = MAX_PIXELS, # refuse images with more pixels than this (decompression-bomb guard)
+               fit: str = 'pad', # with `size`: the cache's aspect-ratio policy ('pad', 'crop', 'stretch')
+               mimic_conversion: bool = True, # DICOM and >8-bit images: the MIMIC-CXR-JPG recipe (False: stretch only)
+              ) -> np.ndarray:
+    "A uint8 [H,W] (or [S,S]) gray image from any readable image file, or a one-line DiffVQAError naming the file."
+    return read_film(path, size, max_pixels, fit, mimic_conversion)[0]
 
 # %% ../nbs/api/10a_predict.ipynb #8a51e501
 def resize_like_cache(gray: np.ndarray, # uint8 [H,W] from `read_image`
@@ -135,7 +119,6 @@ def resize_like_cache(gray: np.ndarray, # uint8 [H,W] from `read_image`
                       fit: str = 'pad', # the cache's aspect-ratio policy: 'pad', 'crop' or 'stretch'
                      ) -> np.ndarray:
     "uint8 [S,S]: the image fitted exactly as `diffvqa prepare` fits the cache."
-    from diffvqa.data import fit_image
     return fit_image(Image.fromarray(np.ascontiguousarray(gray, dtype=np.uint8)), int(size), fit)
 
 # %% ../nbs/api/10a_predict.ipynb #644e6ecd
@@ -156,13 +139,19 @@ class Prediction:
     ref_path: str = ''   # the reference image file
     model_path: str = '' # the model folder ('' for a model passed in memory)
     files: dict = field(default_factory=dict) # what was written: name -> path
+    question_used: str = ''  # the question in the release's spelling, as tokenized
+    tokens_cut: int = 0      # question tokens beyond the model's max_question_len, dropped
+    conversion: dict = field(default_factory=dict) # 'main'/'ref' -> CONVERSIONS key; 'mimic_conversion' -> the setting
 
     def to_dict(self) -> dict[str, Any]:
         "The JSON-ready summary written to answer.json."
         return dict(question=self.question, answer=self.answer, main=self.main_path, ref=self.ref_path,
                     model=self.model_path, image_size=int(self.main.shape[-1]), score=float(self.score),
                     lam=float(self.lam), theta=np.round(self.theta.astype(float), 6).tolist(),
-                    masks={k: mask_stats(getattr(self, k)) for k in ('M', 'U', 'F')})
+                    masks={k: mask_stats(getattr(self, k)) for k in ('M', 'U', 'F')},
+                    question_normalized=self.question_used, question_tokens_cut=int(self.tokens_cut),
+                    image_conversion=self.conversion | {'steps': {self.conversion[k]: CONVERSIONS[self.conversion[k]]
+                                                                  for k in ('main', 'ref') if k in self.conversion}})
 
 def mask_stats(m: np.ndarray, # [H,W] mask
               ) -> dict[str, Any]:
@@ -206,12 +195,15 @@ def model_image_size(run_or_model: Any, # a DiffVQA, a run folder or a save_pret
     try: return int(config_from_json(cfg.read_text(), ModelConfig).image_size)
     except (ValueError, TypeError) as e: raise DiffVQAError(f'{cfg}: not a model configuration ({e})') from None
 
-def clean_question(question: str, # as typed
-                  ) -> str:
-    "Lower case with single spaces, like the release's questions."
-    q = ' '.join(str(question).split()).lower()
-    if not q: raise DiffVQAError('--question: the question is empty')
-    return q
+def question_ids(tokenizer: Any, # the model's tokenizer
+                 question: str, # as typed
+                 max_len: int, # the model's max_question_len
+                ) -> tuple[list[int], int]:
+    "The token ids the model reads (the question in the release's spelling, at most max_len) and how many were cut."
+    if not normalize_question(question): raise DiffVQAError('--question: the question is empty')
+    ids = encode_questions(tokenizer, [question])[0].tolist()
+    if not ids: raise DiffVQAError(f'--question: {question!r} has no tokens')
+    return ids[:max_len], max(0, len(ids) - max_len)
 
 def _np(x: torch.Tensor) -> np.ndarray: return x.detach().float().cpu().numpy()
 
@@ -225,17 +217,18 @@ def predict(run_or_model: Any, # a run folder (RUN/best is used), a save_pretrai
             fit: str = 'pad', # aspect-ratio policy of the training cache ('pad', 'crop', 'stretch')
             device: str | torch.device = 'cpu', # where to run the model
             max_new_tokens: int | None = None, # answer length limit (default: the model's max_answer_len)
+            mimic_conversion: bool = True, # DICOM and >8-bit images: the MIMIC-CXR-JPG recipe (False: stretch only)
            ) -> Prediction:
     "Answer one question about one image pair, and optionally write the answer and a mask overlay to `out`."
-    q = clean_question(question)
+    if not normalize_question(question): raise DiffVQAError('--question: the question is empty')
     if num_beams < 1: raise DiffVQAError(f'--beams: must be at least 1, got {num_beams}')
     S = model_image_size(run_or_model)
-    main = read_image(main_path, size=S, fit=fit)   # bad files fail here, before the model is loaded
-    ref = read_image(ref_path, size=S, fit=fit)
+    main, how_main = read_film(main_path, size=S, fit=fit, mimic_conversion=mimic_conversion)   # bad files fail here
+    ref, how_ref = read_film(ref_path, size=S, fit=fit, mimic_conversion=mimic_conversion)      # (before the model loads)
     model, where = load_model(run_or_model, device)
-    tok = model.tokenizer
-    ids = tok([q], add_special_tokens=False)['input_ids'][0][:model.config.max_question_len]
-    if not ids: raise DiffVQAError(f'--question: {question!r} has no tokens')
+    ids, cut = question_ids(model.tokenizer, question, model.config.max_question_len)
+    if cut: print(f'warning: --question: {len(ids) + cut} tokens, the model reads the first {len(ids)}; '
+                  f'{cut} token(s) cut', file=sys.stderr)
     dev = next(model.parameters()).device
     q_ids = torch.tensor([ids], dtype=torch.long, device=dev)
     q_mask = torch.ones_like(q_ids)
@@ -247,7 +240,8 @@ def predict(run_or_model: Any, # a run folder (RUN/best is used), a save_pretrai
     pred = Prediction(question=str(question), answer=gen.texts[0], main=main, ref=ref,
                       M=_np(gen.M[0, 0]), U=_np(gen.U[0, 0]), F=_np(gen.F[0, 0]), theta=_np(theta[0]),
                       lam=float(lam), score=float(gen.scores[0]), main_path=str(main_path), ref_path=str(ref_path),
-                      model_path=where)
+                      model_path=where, question_used=normalize_question(question), tokens_cut=cut,
+                      conversion=dict(main=how_main, ref=how_ref, mimic_conversion=bool(mimic_conversion)))
     if out is not None: write_prediction(pred, out)
     return pred
 
@@ -279,6 +273,8 @@ def add_predict_args(p: argparse.ArgumentParser, # the `diffvqa predict` parser
     p.add_argument('--fit', choices=('pad', 'crop', 'stretch'), default='pad',
                    help="aspect-ratio policy the training cache used (default pad, as `diffvqa prepare`)")
     p.add_argument('--device', default='cpu', help="torch device (default cpu; 'cuda' for a GPU)")
+    p.add_argument('--no-mimic-conversion', action='store_true',
+                   help='DICOM and >8-bit images: display LUTs / min-max stretch only, no MIMIC-CXR-JPG histogram equalisation')
 
 def run_predict(args: argparse.Namespace, # parsed `diffvqa predict` flags
                ) -> int:
@@ -286,7 +282,7 @@ def run_predict(args: argparse.Namespace, # parsed `diffvqa predict` flags
     if args.device.startswith('cuda') and not torch.cuda.is_available():
         raise DiffVQAError(f'--device: {args.device} requested but no CUDA GPU is available')
     pred = predict(args.run, args.main, args.ref, args.question, out=args.out, num_beams=args.beams,
-                   fit=args.fit, device=args.device)
+                   fit=args.fit, device=args.device, mimic_conversion=not args.no_mimic_conversion)
     print(pred.answer)
     if args.out is not None: print(f'wrote {Path(args.out)/"answer.json"} and {Path(args.out)/"overlay.png"}', file=sys.stderr)
     return 0

@@ -6,13 +6,16 @@
 from __future__ import annotations
 
 import re
+import unicodedata
+from collections import Counter
 from dataclasses import dataclass, field
 
 # %% auto #0
 __all__ = ['FINDINGS', 'LEVELS', 'TYPES', 'QUESTION_TYPES', 'CLOSED_ANSWERS', 'DIFFERENCE_QUESTION', 'NOTHING_CHANGED',
            'difference_question', 'abnormality_question', 'presence_question', 'view_question', 'location_question',
-           'level_question', 'type_question', 'LevelChange', 'DifferenceAnswer', 'format_finding_list',
-           'difference_answer', 'ParsedDifference', 'parse_difference_answer', 'normalize_answer']
+           'level_question', 'type_question', 'normalize_question', 'LevelChange', 'DifferenceAnswer',
+           'format_finding_list', 'difference_answer', 'ParsedDifference', 'parse_difference_answer',
+           'repair_difference_answer', 'normalize_answer']
 
 # %% ../nbs/api/01_templates.ipynb #983e3a6e
 FINDINGS: tuple[str, ...] = (
@@ -72,6 +75,18 @@ def type_question(finding: str) -> str:
     "A type (pattern) question about one finding."
     return f'what type is the {finding}?'
 
+# %% ../nbs/api/01_templates.ipynb #f249ac3a
+_SPACE_BEFORE_PUNCT = re.compile(r'\s+([?.,;:!])')
+_VIEW_NAME = re.compile(r'\b(pa|ap) view\b')
+
+def normalize_question(text: str, # a question as typed or as stored
+                      ) -> str:
+    "The release's spelling of a question: lower case (but `PA`/`AP view`), single spaces, one final '?'; '' if blank."
+    t = ' '.join(unicodedata.normalize('NFKC', str(text)).lower().split())
+    t = _SPACE_BEFORE_PUNCT.sub(r'\1', t).rstrip('?.! ')
+    if not t: return ''
+    return _VIEW_NAME.sub(lambda m: m.group(1).upper() + ' view', t) + '?'
+
 # %% ../nbs/api/01_templates.ipynb #71da0638
 NOTHING_CHANGED = 'nothing has changed.'
 
@@ -121,30 +136,65 @@ _LEVEL_RE = re.compile(r'the level of (.+?) has changed from (.+?) to (.+?)\.')
 _ADDED_RE = re.compile(r'the main image has (?:an additional finding|additional findings) of (.+?) than the reference image\.')
 _REMOVED_RE = re.compile(r'the main image is missing the findings? of (.+?) than the reference image\.')
 
-def _split_list(text: str) -> tuple[str, ...]:
-    items = [re.sub(r'^and\s+', '', s.strip()) for s in text.split(',')]
-    if len(items) == 1 and ' and ' in items[0]: items = items[0].split(' and ')  # tolerate `a and b`
-    return tuple(s.strip() for s in items if s.strip())
+def _unglue(item: str, last: str) -> list[str]:
+    "`<last> <finding>` -> [last, finding] (the generator's dropped comma); any other item unchanged."
+    rest = item[len(last) + 1:] if item.startswith(last + ' ') else ''
+    return [last, rest] if item not in FINDINGS and rest in FINDINGS else [item]
+
+def _split_list(text: str) -> tuple[list[str], list[str]]:
+    "Finding names of one comma list, and the glued items split on the way."
+    segs = [s for s in (re.sub(r'^and\s+', '', s.strip()) for s in text.split(',')) if s]
+    last = segs[-1].split(' and ')[-1].strip() if segs else ''  # the generator ends a list with ' and <last>'
+    names, glued = [], []
+    for s in segs:
+        pieces = [p.strip() for p in s.split(' and ')]
+        parts = [n for p in pieces for n in _unglue(p, last)]
+        split = [p for p in pieces if len(_unglue(p, last)) == 2]
+        ok = s not in FINDINGS and (bool(split) or len(segs) == 1 or len(set(parts)) == 1 or all(p in FINDINGS for p in parts))
+        names += parts if ok else [s]
+        glued += split if ok else []
+    return names, glued
 
 @dataclass(frozen=True)
 class ParsedDifference(DifferenceAnswer):
-    "A parsed difference answer, with any text the grammar did not recognise."
-    unparsed: str = ''  # leftover text
+    "A parsed difference answer, with any text the grammar did not recognise and what was repaired."
+    unparsed: str = ''                # leftover text
+    glued: tuple[str, ...] = ()       # list items split in two, e.g. 'pneumonia atelectasis'
+    repeated: tuple[str, ...] = ()    # names listed more than once as added (or as removed), kept once
+
+    @property
+    def repaired(self) -> bool:
+        "True when the parser had to split glued items or drop repeats."
+        return bool(self.glued or self.repeated)
+
+def _read_lists(rx: re.Pattern, t: str) -> tuple[tuple[str, ...], list[str], list[str]]:
+    "Names of every list the pattern matches (repeats dropped), glued items, repeated names."
+    names, glued = [], []
+    for m in rx.finditer(t):
+        n, g = _split_list(m.group(1)); names += n; glued += g
+    return tuple(dict.fromkeys(names)), glued, [k for k, c in Counter(names).items() if c > 1]
 
 def parse_difference_answer(text: str, # a difference answer, reference or generated
                             strict: bool = False, # raise on text outside the grammar
                            ) -> ParsedDifference:
-    "Read a difference answer back into added, removed and level-changed findings."
+    "Read a difference answer back into added, removed and level-changed findings (glued items split, repeats dropped)."
     t = ' '.join(text.lower().split())
     levels = tuple(LevelChange(*(g.strip() for g in m.groups())) for m in _LEVEL_RE.finditer(t))
-    added = tuple(f for m in _ADDED_RE.finditer(t) for f in _split_list(m.group(1)))
-    removed = tuple(f for m in _REMOVED_RE.finditer(t) for f in _split_list(m.group(1)))
+    added, g_add, r_add = _read_lists(_ADDED_RE, t)
+    removed, g_rem, r_rem = _read_lists(_REMOVED_RE, t)
     rest = t
     for rx in (_LEVEL_RE, _ADDED_RE, _REMOVED_RE): rest = rx.sub(' ', rest)
-    rest = rest.replace(NOTHING_CHANGED, ' ')
-    rest = ' '.join(rest.split())
+    rest = ' '.join(rest.replace(NOTHING_CHANGED, ' ').split())
     if strict and rest: raise ValueError(f'not a difference answer: {rest!r} in {text!r}')
-    return ParsedDifference(added=added, removed=removed, level_changes=levels, unparsed=rest)
+    return ParsedDifference(added=added, removed=removed, level_changes=levels, unparsed=rest,
+                            glued=tuple(g_add + g_rem), repeated=tuple(r_add + r_rem))
+
+def repair_difference_answer(text: str, # a difference answer
+                            ) -> str:
+    "The answer rewritten without glued or repeated findings; unchanged when it has none or does not fully parse."
+    p = parse_difference_answer(text)
+    if not p.repaired or p.unparsed: return text
+    return difference_answer(p.added, p.removed, p.level_changes)
 
 # %% ../nbs/api/01_templates.ipynb #af509b00
 def normalize_answer(text: str) -> str:

@@ -337,3 +337,104 @@ def test_synthetic_benchmark_prepares(tmp_path, tok):
     assert m is not None and m.shape == (32, 32)
     b = next(D.iter_split(out, tok, d.split.iloc[0], None, bs=2))
     assert b.main.shape[1:] == (1, 32, 32)
+
+
+# --- issue "what users hit first": one spelling per question, glued answers, long questions, 16-bit films ----------
+
+SPELLINGS = ['what has changed compared to the reference image?', '  What has changed compared to the Reference Image ?  ',
+             'WHAT HAS CHANGED COMPARED TO THE REFERENCE IMAGE']
+GLUED = ('the main image has additional findings of lung opacity, and pneumonia atelectasis, granuloma, and pneumonia '
+         'than the reference image. ')
+
+
+def edited_release(fake, cache_dir, path, answers=None, questions=None):
+    "The fake release's question CSV with some difference rows (those whose images exist) edited; returns (csv, qids)."
+    df = pd.read_csv(fake.questions, dtype=str, keep_default_na=False)
+    qids = D.PairCache(cache_dir).select(None, ('difference',)).qid.tolist()
+    for i, a in zip(qids, answers or []): df.loc[i, 'answer'] = a
+    for i, q in zip(qids, questions or []): df.loc[i, 'question'] = q
+    df.to_csv(path, index=False)
+    return path, qids
+
+
+def test_equivalent_spellings_give_identical_token_ids_in_every_loader(fake, cache_dir, tok, tmp_path):
+    qs = [SPELLINGS[i % 3] for i in range(len(D.PairCache(cache_dir).select(None, ('difference',))))]
+    csv, _ = edited_release(fake, cache_dir, tmp_path/'q.csv', questions=qs)
+    out = D.prepare(fake.root, tmp_path/'c', questions=csv, size=32, skip_missing=True, progress=False)
+    want = D.encode_questions(tok, [SPELLINGS[0]])[0].tolist()
+    assert want == tok(SPELLINGS[0], add_special_tokens=False)['input_ids']            # the release form is a fixed point
+    for split in D.SPLITS:
+        ds = D.PairDataset(out, tok, split, ('difference',), augment=False)
+        assert {ds[i].question for i in range(len(ds))} <= set(SPELLINGS)
+        assert all(ds[i].question_ids.tolist() == want for i in range(len(ds)))         # train (and val, test) items
+        for b in D.iter_split(out, tok, split, ('difference',), bs=4):                   # what evaluation feeds
+            assert (b.question_ids == torch.tensor(want)).all() and b.question_mask.all()
+    dls = D.get_dataloaders(out, tok, bs=2, bs_valid=2, device='cpu')
+    assert (dls.train.one_batch()[2] == torch.tensor(want)).all()                        # what training feeds
+    assert set(D.split_texts(out, 'train')) >= {SPELLINGS[0]} and not set(D.split_texts(out, 'train')) & set(SPELLINGS[1:])
+
+
+@pytest.mark.parametrize('repair', [True, False])
+def test_glued_answers_are_counted_and_repaired(fake, cache_dir, tmp_path, repair):
+    answers = [GLUED,
+               'the main image is missing the findings of edema, and pneumonia and pneumonia than the reference image. ',
+               'the main image has an additional finding of infection than the reference image. ']
+    csv, qids = edited_release(fake, cache_dir, tmp_path/'q.csv', answers=answers)
+    out = D.prepare(fake.root, tmp_path/'c', questions=csv, size=32, skip_missing=True, progress=False, repair_answers=repair)
+    meta = json.loads((out/'meta.json').read_text())
+    r = meta['report']
+    assert (r['glued_answers'], r['answers_repaired'], r['unknown_findings']) == (2, 2 if repair else 0, {'infection': 1})
+    assert meta['repair_answers'] is repair
+    got = pd.read_csv(out/'questions.csv', keep_default_na=False).set_index('qid').answer
+    if repair:
+        assert got[qids[0]] == ('the main image has additional findings of lung opacity, pneumonia, atelectasis, and granuloma '
+                                'than the reference image. ')
+        assert got[qids[1]] == 'the main image is missing the findings of edema, and pneumonia than the reference image. '
+    else: assert got[qids[0]] == GLUED and got[qids[1]] == answers[1]
+    assert got[qids[2]] == answers[2]                                                   # unknown names are reported, not changed
+
+
+def test_cli_prepare_reports_glue_and_long_questions(fake, cache_dir, tmp_path, capsys):
+    from diffvqa.cli import main
+    long_q = 'is there ' + ' and '.join(['pleural effusion'] * 30) + '?'              # 61 words
+    csv, qids = edited_release(fake, cache_dir, tmp_path/'q.csv', answers=[GLUED], questions=[long_q])
+    rc = main(['prepare', '--mimic-root', str(fake.root), '--questions', str(csv), '--out', str(tmp_path/'c'),
+               '--size', '16', '--skip-missing', '--no-progress', '--no-answer-repair'])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert 'difference answers with glued or repeated findings: 1 (left as they are)' in out
+    r = json.loads((tmp_path/'c'/'meta.json').read_text())['report']
+    assert 'questions longer than tiny max_question_len=24 tokens (cut): 1' in out
+    assert 'questions longer than paper max_question_len=32 tokens (cut): 1' in out
+    tiny, paper = r['long_questions']['tiny'], r['long_questions']['paper']
+    assert (tiny['cut'], tiny['max_question_len'], paper['cut'], paper['max_question_len']) == (1, 24, 1, 32)
+    # tiny's count is in the very tokens tiny trains with: the BPE get_tokenizer builds from this cache
+    from diffvqa.core import get_preset
+    tok = D.get_tokenizer(tmp_path/'c', get_preset('tiny').model)
+    lengths = [len(ids) for ids in D.encode_questions(tok, D.PairCache(tmp_path/'c').questions.question)]
+    assert sum(n > 24 for n in lengths) == 1 and tiny['longest'] == max(lengths)
+    try: D.load_tokenizer('gpt2'); has_gpt2 = True
+    except DiffVQAError: has_gpt2 = False
+    assert paper['tokenizer'] == 'gpt2' if has_gpt2 else paper['tokenizer'].startswith('stand-in for gpt2')
+
+
+def test_16bit_film_in_the_cache_gets_the_mimic_recipe(fake, cache_dir, tmp_path):
+    "A 16-bit PNG in the tree is cached as predict reads it: equalised by default, stretched only with the flag."
+    root = tmp_path/'m'
+    shutil.copytree(fake.root, root)
+    img = pd.read_csv(cache_dir/'images.csv', keep_default_na=False)
+    rel = img.path[img.ok.astype(bool)].iloc[0]
+    yy, xx = np.mgrid[0:90, 0:70]
+    g16 = (300 + 3000 * np.exp(-((xx - 20) ** 2 + (yy - 40) ** 2) / 300) + 10 * yy).astype(np.uint16)
+    Image.fromarray(g16).save(root/rel, format='PNG')                                 # PNG bytes under the .jpg name
+    on = D.PairCache(D.prepare(root, tmp_path/'on', size=32, skip_missing=True, progress=False))
+    off = D.PairCache(D.prepare(root, tmp_path/'off', size=32, skip_missing=True, progress=False, mimic_conversion=False))
+    row = int(on.images.set_index('path').row[rel])
+    with Image.open(root/rel) as im:
+        assert np.array_equal(on.image(row), D.fit_image(im, 32, 'pad'))
+        assert np.array_equal(off.image(row), D.fit_image(im, 32, 'pad', mimic_conversion=False))
+    from diffvqa.predict import read_image
+    assert np.array_equal(on.image(row), read_image(root/rel, size=32))                 # one code path with predict
+    assert np.abs(on.image(row).astype(int) - off.image(row)).max() > 20
+    assert on.meta['mimic_conversion'] is True and off.meta['mimic_conversion'] is False
+    assert on.meta['plan_sha256'] != off.meta['plan_sha256']

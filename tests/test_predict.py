@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from diffvqa.core import DiffVQAError
-from diffvqa.predict import MAX_PIXELS, read_image, stretch_to_uint8
+from diffvqa.data import mimic_cxr_jpg, stretch_to_uint8
+from diffvqa.predict import MAX_PIXELS, read_film, read_image
 
 # a 3 × 4 gradient: not symmetric under any flip or rotation, so orientation errors show
 G8 = (np.arange(12).reshape(3, 4) * 20).astype(np.uint8)
@@ -73,11 +74,22 @@ def test_png_16bit_stretched_by_actual_range(tmp_path):
     g16 = G8.astype(np.uint16) * 16 + 100                              # 100 .. 3620: a 12-bit detector in 16 bits
     Image.fromarray(g16).save(tmp_path / 'a.png')
     assert Image.open(tmp_path / 'a.png').mode == 'I;16'
-    out = read_image(tmp_path / 'a.png')
+    out, how = read_film(tmp_path / 'a.png', mimic_conversion=False)
     expect = np.round((g16 - 100) / 3520 * 255).astype(np.uint8)
-    assert (out == expect).all() and out.min() == 0 and out.max() == 255
+    assert (out == expect).all() and out.min() == 0 and out.max() == 255 and how == 'min-max'
     Image.fromarray(np.full((3, 4), 4000, np.uint16)).save(tmp_path / 'flat.png')
     assert (read_image(tmp_path / 'flat.png') == 0).all()              # a constant high-bit image reads as zeros
+    assert (read_image(tmp_path / 'flat.png', mimic_conversion=False) == 0).all()
+
+
+def test_png_16bit_gets_the_mimic_recipe_by_default(tmp_path):
+    "Stretch, then equalise: the levels spread by how many pixels hold them, not by their value."
+    g16 = np.array([[100, 100, 100, 100], [100, 100, 200, 4000]], np.uint16)   # six dark pixels, two brighter
+    Image.fromarray(g16).save(tmp_path / 'a.png')
+    out, how = read_film(tmp_path / 'a.png')
+    # stretch: 100 -> 0, 200 -> round(100 * 255 / 3900) = 7, 4000 -> 255; counts c = 6, 7, 8, c0 = 6
+    assert how == 'mimic-cxr-jpg' and (out == [[0, 0, 0, 0], [0, 0, 128, 255]]).all()
+    assert (read_image(tmp_path / 'a.png', mimic_conversion=False) == [[0, 0, 0, 0], [0, 0, 7, 255]]).all()
 
 
 def test_rgb_png_luma(tmp_path):
@@ -148,24 +160,74 @@ MID = round(255 * ((1900 - 1999.5) / 1999 + 0.5))                      # 1900 in
 
 
 def test_dicom_rescale_and_window(tmp_path):
+    "Without the MIMIC-CXR-JPG conversion a DICOM is read the display way: modality LUT, then the window."
     write_dicom(tmp_path / 'a.dcm', STORED, slope=2, intercept=-100, center=2000, width=2000)
-    assert (read_image(tmp_path / 'a.dcm') == [[0, MID], [255, 255]]).all()
+    out, how = read_film(tmp_path / 'a.dcm', mimic_conversion=False)
+    assert (out == [[0, MID], [255, 255]]).all() and how == 'dicom-display'
 
 
 def test_dicom_monochrome1_inverted(tmp_path):
     write_dicom(tmp_path / 'a.dcm', STORED, photometric='MONOCHROME1', slope=2, intercept=-100, center=2000, width=2000)
-    assert (read_image(tmp_path / 'a.dcm') == 255 - np.array([[0, MID], [255, 255]])).all()
+    assert (read_image(tmp_path / 'a.dcm', mimic_conversion=False) == 255 - np.array([[0, MID], [255, 255]])).all()
+    assert (read_image(tmp_path / 'a.dcm') == [[255, 170], [85, 0]]).all()   # recipe: stored values, inverted, equalised
+
+
+def test_dicom_default_is_the_mimic_recipe_on_stored_values(tmp_path):
+    "The window and rescale do not matter to the recipe: it min-max scales the stored values (4 levels -> 0, 85, 170, 255)."
+    write_dicom(tmp_path / 'a.dcm', STORED, slope=2, intercept=-100, center=2000, width=2000)
+    out, how = read_film(tmp_path / 'a.dcm')
+    assert how == 'mimic-cxr-jpg' and (out == [[0, 85], [170, 255]]).all()
 
 
 def test_dicom_without_window_is_stretched_and_found_by_marker(tmp_path):
     write_dicom(tmp_path / 'image.bin', STORED)                          # no DICOM suffix: the DICM marker decides
-    assert (read_image(tmp_path / 'image.bin') == stretch_to_uint8(STORED)).all()
+    assert (read_image(tmp_path / 'image.bin', mimic_conversion=False) == stretch_to_uint8(STORED)).all()
+    assert (read_image(tmp_path / 'image.bin') == mimic_cxr_jpg(STORED)).all()
 
 
 def test_dicom_multiframe_first_frame(tmp_path):
     frames = np.stack([STORED, 4000 - STORED])
     write_dicom(tmp_path / 'a.dcm', frames, frames=2)
-    assert (read_image(tmp_path / 'a.dcm') == stretch_to_uint8(STORED)).all()
+    assert (read_image(tmp_path / 'a.dcm') == mimic_cxr_jpg(STORED)).all()
+    assert (read_image(tmp_path / 'a.dcm', mimic_conversion=False) == stretch_to_uint8(STORED)).all()
+
+
+def recipe_png(stored, monochrome1, path):
+    "The MIMIC-CXR-JPG conversion written out by hand: min-max to 8 bit, invert MONOCHROME1, equalise the histogram."
+    a = stored.astype(np.float64)
+    u8 = np.round((a - a.min()) * (255.0 / (a.max() - a.min()))).astype(np.uint8)
+    if monochrome1: u8 = 255 - u8
+    hist = np.bincount(u8.ravel(), minlength=256)
+    cdf = hist.cumsum()
+    c0 = cdf[np.flatnonzero(hist)[0]]
+    lut = np.clip(np.rint((cdf - c0) * 255.0 / (u8.size - c0)), 0, 255).astype(np.uint8)
+    Image.fromarray(lut[u8]).save(path)
+    return path
+
+
+def film_12bit(h=150, w=110, seed=0):
+    "A smooth 12-bit film: a bright blob, a ramp and noise, values in 0..4095."
+    yy, xx = np.mgrid[0:h, 0:w]
+    a = 500 + 2500 * np.exp(-((xx - w / 3) ** 2 + (yy - h / 2) ** 2) / (h * w / 20)) + 8 * xx
+    return (a + np.random.default_rng(seed).normal(0, 50, (h, w))).clip(0, 4095).astype(np.uint16)
+
+
+@pytest.mark.parametrize('photometric', ['MONOCHROME2', 'MONOCHROME1'])
+@pytest.mark.parametrize('fit', ['pad', 'crop'])
+def test_dicom_12bit_reaches_the_model_as_its_mimic_jpg_png(tmp_path, photometric, fit):
+    "A 12-bit DICOM and the 8-bit PNG made from it by the MIMIC-CXR-JPG recipe give the same model input (<= 1 grey level)."
+    film = film_12bit()
+    dcm = write_dicom(tmp_path / 'a.dcm', film, photometric=photometric)
+    pydicom = pytest.importorskip('pydicom')
+    ds = pydicom.dcmread(dcm)
+    assert (ds.BitsStored, ds.PhotometricInterpretation) == (12, photometric)
+    png = recipe_png(film, photometric == 'MONOCHROME1', tmp_path / 'a.png')
+    x_dcm, how = read_film(dcm, size=48, fit=fit)
+    x_png = read_image(png, size=48, fit=fit)
+    assert how == 'mimic-cxr-jpg' and x_dcm.shape == (48, 48)
+    assert np.abs(x_dcm.astype(int) - x_png).max() <= 1
+    off = read_image(dcm, size=48, fit=fit, mimic_conversion=False)      # the stretch alone is a different picture
+    assert np.abs(off.astype(int) - x_png).max() > 20
 
 
 def test_dicom_errors(tmp_path, monkeypatch):
@@ -331,3 +393,63 @@ def test_cli_bad_image_exit_2_one_line(tiny_run, tmp_path):
              '--out', str(tmp_path / 'o'), '--beams', '2')
     assert r.returncode == 0, r.stderr
     assert r.stdout == (tmp_path / 'o' / 'answer.txt').read_text()
+
+
+# ---------- one spelling per question, the conversion record, long questions ----------
+
+SPELLINGS = ['what has changed compared to the reference image?', '  What has changed compared to the Reference Image ?  ',
+             'WHAT HAS CHANGED COMPARED TO THE REFERENCE IMAGE']
+
+
+def test_equivalent_spellings_are_one_input_and_one_answer(tiny_run):
+    "The three spellings reach the model as identical token ids (the datasets' own path) and get the same answer."
+    from diffvqa.data import encode_questions
+    from diffvqa.predict import predict, question_ids
+    run, imgs, model = tiny_run
+    L = model.config.max_question_len
+    ids = [question_ids(model.tokenizer, q, L) for q in SPELLINGS]
+    assert ids[0] == ids[1] == ids[2] and ids[0][1] == 0
+    assert ids[0][0] == encode_questions(model.tokenizer, [SPELLINGS[0]], L)[0].tolist()   # what training and evaluation feed
+    assert ids[0][0] == model.tokenizer(SPELLINGS[0], add_special_tokens=False)['input_ids']   # release form: unchanged
+    preds = [predict(model, imgs / 'main.jpg', imgs / 'ref.png', q, max_new_tokens=6) for q in SPELLINGS]
+    assert len({p.answer for p in preds}) == 1 and len({round(p.score, 6) for p in preds}) == 1
+    assert {p.question_used for p in preds} == {SPELLINGS[0]}
+
+
+def test_answer_json_records_the_image_conversion(tiny_run, tmp_path):
+    import json
+    from diffvqa.predict import predict
+    run, imgs, model = tiny_run
+    dcm = write_dicom(tmp_path / 'a.dcm', film_12bit(), photometric='MONOCHROME1')
+    predict(run, dcm, imgs / 'main.jpg', QUESTION, out=tmp_path / 'on', max_new_tokens=3)
+    conv = json.loads((tmp_path / 'on' / 'answer.json').read_text())['image_conversion']
+    assert (conv['main'], conv['ref'], conv['mimic_conversion']) == ('mimic-cxr-jpg', 'as stored', True)
+    assert 'histogram equalised' in conv['steps']['mimic-cxr-jpg']
+    p = predict(run, dcm, imgs / 'ref.png', QUESTION, out=tmp_path / 'off', max_new_tokens=3, mimic_conversion=False)
+    conv = json.loads((tmp_path / 'off' / 'answer.json').read_text())['image_conversion']
+    assert (conv['main'], conv['ref'], conv['mimic_conversion']) == ('dicom-display', 'min-max', False)
+    assert (p.main == read_image(dcm, size=model.config.image_size, mimic_conversion=False)).all()
+
+
+def test_long_question_warns_once_with_the_count(tiny_run, tmp_path, capsys):
+    import argparse
+    import json
+    from diffvqa.predict import add_predict_args, run_predict
+    run, imgs, model = tiny_run
+    words = ('is there ' + ' and '.join(['pneumothorax'] * 20)).split()
+    assert len(words) > 40
+    q = ' '.join(words) + '?'
+    n = len(model.tokenizer(q, add_special_tokens=False)['input_ids'])
+    L = model.config.max_question_len
+    p = argparse.ArgumentParser(); add_predict_args(p)
+    args = p.parse_args(['--run', str(run), '--main', str(imgs / 'main.jpg'), '--ref', str(imgs / 'ref.png'),
+                         '--question', q.upper(), '--out', str(tmp_path / 'o'), '--no-mimic-conversion'])
+    assert run_predict(args) == 0
+    err = capsys.readouterr().err
+    ours = [line for line in err.splitlines() if 'token(s) cut' in line]
+    assert ours == [f'warning: --question: {n} tokens, the model reads the first {L}; {n - L} token(s) cut']
+    info = json.loads((tmp_path / 'o' / 'answer.json').read_text())
+    assert info['question_tokens_cut'] == n - L and info['image_conversion']['mimic_conversion'] is False
+    capsys.readouterr()
+    args.question = QUESTION
+    assert run_predict(args) == 0 and 'token(s) cut' not in capsys.readouterr().err     # a short question: no warning
