@@ -22,13 +22,23 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['PRESETS', 'DiffVQAError', 'atomic_path', 'atomic_write', 'ModelConfig', 'LossConfig', 'TrainConfig',
+__all__ = ['PRESETS', 'DiffVQAError', 'patch_to', 'atomic_path', 'atomic_write', 'ModelConfig', 'LossConfig', 'TrainConfig',
            'ExperimentConfig', 'get_preset', 'config_to_dict', 'config_to_json', 'config_from_json', 'seed_everything',
            'package_versions', 'git_commit', 'make_run_dir']
 
 # %% ../nbs/api/00_core.ipynb #830513af
 class DiffVQAError(Exception):
     "A user-facing error: one line naming the file or argument and what is wrong."
+
+# %% ../nbs/api/00_core.ipynb #14253fb7
+def patch_to(cls: type, # the class to extend
+             as_classmethod: bool = False, # add the function as a classmethod
+            ):
+    "Decorator: add the function to `cls` under its own name (a chapter writes a class across cells)."
+    def add(f):
+        setattr(cls, f.__name__, classmethod(f) if as_classmethod else f)
+        return f
+    return add
 
 # %% ../nbs/api/00_core.ipynb #4e34a87c
 @contextmanager
@@ -66,21 +76,28 @@ class ModelConfig:
     image_encoder: str = 'swin_base_patch4_window12_384'     # timm model name for φ
     image_encoder_kwargs: dict = field(default_factory=dict) # extra timm kwargs (tiny widths)
     image_encoder_weights: str | None = None                 # local checkpoint for φ (None: timm/hub cache)
-    prior: str = 'microsoft/rad-dino'                        # transformers Dinov2 id or local path
+    image_standardize: bool = False                          # φ sees each image at zero mean, unit variance (exposure-free)
+    prior: str | None = 'microsoft/rad-dino'                 # transformers Dinov2 id or local path (None: random init)
     prior_image_size: int = 518                              # DINO input side
     prior_kwargs: dict = field(default_factory=dict)         # Dinov2Config overrides for random-init priors
-    decoder: str = 'gpt2'                                    # transformers GPT-2 id or local path
+    decoder: str | None = 'gpt2'                             # transformers GPT-2 id or local path (None: random init)
     decoder_kwargs: dict = field(default_factory=dict)       # GPT2Config overrides for random-init decoders
     tokenizer: str = 'gpt2'                                  # 'gpt2' (or a path) or 'bpe' (trained on the data)
     bpe_vocab_size: int = 2048                               # vocabulary of the data-trained BPE
     text_layers: int = 6                                     # text-encoder depth
     text_heads: int = 12                                     # text-encoder heads
     projector_heads: int = 8                                 # heads of the projector's transformer layer
+    image_position_embedding: bool = False                   # add a learned embedding per grid cell in the projector (not in the paper)
     mask_hidden: int = 256                                   # hidden width of the mask MLP g
     registration_channels: int = 16                          # width of the registration CNN
+    registration_weights: str | None = None                  # local checkpoint of the registration CNN (None: identity start)
+    registration_max_rotation: float = 0.2                   # |rotation| bound of Θ in radians (≈ 11.5°)
+    registration_max_log_scale: float = 0.11                 # |log scale| bound per axis: det A within [0.80, 1.25]
+    registration_max_shear: float = 0.1                      # |shear| bound of Θ
+    registration_max_translation: float = 0.25               # |shift| bound per axis, normalised units (12.5% of the side)
     max_question_len: int = 32                               # question tokens kept
     max_answer_len: int = 64                                 # answer tokens kept (eos included)
-    pretrained: bool = True                                  # load published weights (False: random init)
+    pretrained: bool = True                                  # load the weights each component names (False: all random)
 
 @dataclass
 class LossConfig:
@@ -127,14 +144,15 @@ def _tiny() -> ExperimentConfig:
     model = ModelConfig(
         image_size=128,
         image_encoder='swin_tiny_patch4_window7_224',
-        image_encoder_kwargs=dict(img_size=128, embed_dim=24, depths=(1, 1, 2, 1), num_heads=(2, 2, 4, 4), window_size=4),
-        prior='dinov2-tiny-random',
+        image_encoder_kwargs=dict(img_size=128, embed_dim=24, depths=(1, 1, 2), num_heads=(2, 2, 4), window_size=4),
+        image_standardize=True,
+        prior=None,
         prior_image_size=126,
         prior_kwargs=dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2, patch_size=14, image_size=126),
-        decoder='gpt2-tiny-random',
+        decoder=None,
         decoder_kwargs=dict(n_layer=2, n_embd=96, n_head=4, n_positions=256),
         tokenizer='bpe', bpe_vocab_size=512,
-        text_layers=2, text_heads=4, projector_heads=4, mask_hidden=64, registration_channels=8,
+        text_layers=2, text_heads=4, projector_heads=4, image_position_embedding=True, mask_hidden=64, registration_channels=8,
         max_question_len=24, max_answer_len=48, pretrained=False)
     train = TrainConfig(lr=1e-3, epochs_frozen=2, epochs_unfrozen=2, bs=16, bs_valid=32, val_subset=64, mixed_precision='no')
     return ExperimentConfig(model=model, train=train, preset='tiny')

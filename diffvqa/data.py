@@ -775,6 +775,8 @@ class PairItem:
     main: torch.Tensor          # [1, S, S] uint8, the later study
     ref: torch.Tensor           # [1, S, S] uint8, the earlier study
     aug: torch.Tensor           # [2, 3] float32 augmentation factors for main and ref (all 1: none)
+    pair_id: int                # equal for items with the same images (main row, reference row or none)
+    has_ref: bool               # False when the item is shown without its reference (single-visit training)
     question_ids: torch.Tensor  # [Lq] long
     answer_ids: torch.Tensor    # [La] long, ends with eos
     question_type: str          # one of QUESTION_TYPES
@@ -794,6 +796,8 @@ class PairBatch:
     question_mask: torch.Tensor   # [B, Lq] long, 1 on tokens
     answer_ids: torch.Tensor      # [B, La] long, answer + eos, right-padded
     answer_mask: torch.Tensor     # [B, La] long, 1 on tokens (eos included)
+    pair_ids: torch.Tensor        # [B] long, equal for rows with the same images (the model encodes each pair once)
+    has_ref: torch.Tensor         # [B] bool, False for rows shown without a reference
     question_type: list[str]      # per row
     qid: list[int]                # per row: question row in the release CSV
     study_id: list[int]           # per row: main study
@@ -810,11 +814,12 @@ class PairBatch:
         return PairBatch(**kw)
 
     def inputs(self) -> tuple[torch.Tensor, ...]:
-        "The six tensors `DiffVQA.forward` takes, in order."
-        return self.main, self.ref, self.question_ids, self.question_mask, self.answer_ids, self.answer_mask
+        "The eight tensors `DiffVQA.forward` takes, in order."
+        return (self.main, self.ref, self.question_ids, self.question_mask, self.answer_ids, self.answer_mask,
+                self.pair_ids, self.has_ref)
 
     def as_tuple(self) -> tuple[torch.Tensor, ...]:
-        "fastai form: the six inputs then the target (answer ids)."
+        "fastai form: the eight inputs then the target (answer ids)."
         return (*self.inputs(), self.answer_ids)
 
 def _pad(seqs: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -837,22 +842,24 @@ def _collate_raw(items: list[PairItem], pad_id: int) -> tuple:
     q_ids, q_mask = _pad([it.question_ids for it in items], pad_id)
     a_ids, a_mask = _pad([it.answer_ids for it in items], pad_id)
     return (torch.stack([it.main for it in items]), torch.stack([it.ref for it in items]),
-            q_ids, q_mask, a_ids, a_mask, torch.stack([it.aug for it in items]))
+            q_ids, q_mask, a_ids, a_mask, torch.stack([it.aug for it in items]),
+            torch.tensor([it.pair_id for it in items], dtype=torch.long), torch.tensor([it.has_ref for it in items], dtype=torch.bool))
 
 def collate_pairs(items: list[PairItem], # items from a PairDataset
                   pad_id: int, # the tokenizer's pad id
                  ) -> PairBatch:
     "Stack images (as float, augmented if the items say so) and right-pad token sequences into a PairBatch."
-    main, ref, q_ids, q_mask, a_ids, a_mask, aug = _collate_raw(items, pad_id)
+    main, ref, q_ids, q_mask, a_ids, a_mask, aug, pair_ids, has_ref = _collate_raw(items, pad_id)
     main, ref = to_float_images(main, ref, aug)
     return PairBatch(main=main, ref=ref, question_ids=q_ids, question_mask=q_mask, answer_ids=a_ids, answer_mask=a_mask,
+                     pair_ids=pair_ids, has_ref=has_ref,
                      **{k: [getattr(it, k) for it in items] for k in
                         ('question_type', 'qid', 'study_id', 'ref_id', 'subject_id', 'question', 'answer')})
 
 # %% ../nbs/api/02_data.ipynb #a3e653d7
 class PairDataset(torch.utils.data.Dataset):
     "Questions of one split over a prepared cache: images, tokens, type and ids per item."
-    n_inp = 6  # fastai: the first six batch elements are model inputs, the last is the target
+    n_inp = 8  # fastai: the first eight batch elements are model inputs, the last is the target
 
     def __init__(self, cache: PairCache | str | Path, # a prepared cache
                  tokenizer: PreTrainedTokenizerFast, # from `get_tokenizer`
@@ -863,8 +870,11 @@ class PairDataset(torch.utils.data.Dataset):
                  max_answer_len: int = 64, # answer tokens kept, eos included
                  seed: int = 0, # augmentation seed
                  aug: AugmentConfig | None = None, # augmentation strengths
+                 drop_reference: float = 0.0, # share of non-difference questions shown without their reference (training)
                 ):
         self.cache = _as_cache(cache)
+        if not 0 <= drop_reference < 1: raise DiffVQAError(f'drop_reference: must lie in [0, 1), got {drop_reference}')
+        self.drop_reference = drop_reference
         self.q = self.cache.select(split, question_types)
         if len(self.q) == 0:
             raise DiffVQAError(f'{self.cache.path}: no {"/".join(question_types or ["any"])} questions in split {split!r}')
@@ -878,6 +888,7 @@ class PairDataset(torch.utils.data.Dataset):
         a_tok = _tokenize_unique(tokenizer, [a.strip() for a in self.q.answer], max_answer_len - 1)
         self.a_tok = [np.append(a, self.eos_id) for a in a_tok]
         self.main_rows, self.ref_rows = self.q.main_row.to_numpy(), self.q.ref_row.to_numpy()
+        self.n_rows = int(self.cache.meta['shape'][0])
         self.info = {c: self.q[c].tolist() for c in ('question_type', 'qid', 'study_id', 'ref_id', 'subject_id', 'question', 'answer')}
 
     def __len__(self) -> int: return len(self.q)
@@ -887,32 +898,50 @@ class PairDataset(torch.utils.data.Dataset):
         self.epoch = epoch
 
     def factors(self, i: int) -> torch.Tensor:
-        "The [2, 3] augmentation factors of item i at the current epoch (all 1 without augmentation)."
+        "The [2, 3] augmentation factors of item i at the current epoch (all 1 without augmentation; one draw per pair)."
         if not self.augment: return torch.ones(2, 3)
-        rng = np.random.default_rng([self.seed, self.epoch, self.info['qid'][i]])
+        rng = np.random.default_rng([self.seed, self.epoch, int(self.main_rows[i]), int(self.ref_rows[i])])
         return torch.from_numpy(1 + rng.uniform(-1, 1, (2, 3)) * self.strength).float()
+
+    def has_reference(self, i: int) -> bool:
+        "False when item i is shown without its reference this epoch (never for difference questions)."
+        if not self.drop_reference or self.info['question_type'][i] == 'difference': return True
+        return bool(np.random.default_rng([self.seed, self.epoch, self.info['qid'][i], 1]).random() >= self.drop_reference)
+
+    def pair_id(self, i: int, has_ref: bool = True) -> int:
+        "One integer per distinct image pair (rows of the cache; the reference counts as row n when it is dropped)."
+        return int(self.main_rows[i]) * (self.n_rows + 1) + (int(self.ref_rows[i]) if has_ref else self.n_rows)
 
     def __getitem__(self, i: int) -> PairItem:
         img = lambda row: torch.from_numpy(self.cache.image(int(row)))[None]
+        has_ref = self.has_reference(i)
         return PairItem(main=img(self.main_rows[i]), ref=img(self.ref_rows[i]), aug=self.factors(i),
+                        pair_id=self.pair_id(i, has_ref), has_ref=has_ref,
                         question_ids=torch.from_numpy(self.q_tok[i]), answer_ids=torch.from_numpy(self.a_tok[i]),
                         **{k: v[i] for k, v in self.info.items()})
 
 # %% ../nbs/api/02_data.ipynb #87444488
 class PairDataLoader(DataLoader):
-    "A fastai DataLoader over a PairDataset that pads batches and advances the augmentation epoch."
+    "A fastai DataLoader over a PairDataset: questions of one pair stay together when shuffled, batches are padded, the augmentation epoch advances."
     def before_iter(self):
         super().before_iter()
         if self.shuffle: self.dataset.set_epoch(self.dataset.epoch + 1)
+    def shuffle_fn(self, idxs: list[int]) -> list[int]:
+        "Pairs in random order, each pair's questions together (in random order): the model encodes a pair once per batch."
+        ds = self.dataset
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i in idxs: groups.setdefault((int(ds.main_rows[i]), int(ds.ref_rows[i])), []).append(i)
+        keys = self.rng.sample(list(groups), len(groups))
+        return [i for k in keys for i in self.rng.sample(groups[k], len(groups[k]))]
     def create_batch(self, b: list[PairItem]) -> tuple[torch.Tensor, ...]:
-        "uint8 images, padded tokens and the augmentation factors (8 tensors)."
+        "uint8 images, padded tokens, augmentation factors, pair ids and reference flags (9 tensors)."
         return _collate_raw(b, self.dataset.pad_id)
     def retain(self, res, b): return res
     def after_batch(self, b: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        "On the batch's device: float images in [0, 1], augmented; returns the 7-tuple."
-        main, ref, q_ids, q_mask, a_ids, a_mask, aug = b
+        "On the batch's device: float images in [0, 1], augmented; returns the 9-tuple (8 inputs, target)."
+        main, ref, q_ids, q_mask, a_ids, a_mask, aug, pair_ids, has_ref = b
         main, ref = to_float_images(main, ref, aug)
-        return main, ref, q_ids, q_mask, a_ids, a_mask, a_ids
+        return main, ref, q_ids, q_mask, a_ids, a_mask, pair_ids, has_ref, a_ids
 
 def get_dataloaders(cache: PairCache | str | Path, # a prepared cache
                     tokenizer: PreTrainedTokenizerFast, # from `get_tokenizer`
@@ -928,11 +957,12 @@ def get_dataloaders(cache: PairCache | str | Path, # a prepared cache
                     device: torch.device | str | None = None, # where batches go (None: fastai default)
                     train_split: str = 'train', # split to train on
                     valid_split: str = 'val', # split to validate on
+                    drop_reference: float = 0.0, # share of non-difference training questions shown without their reference
                    ) -> DataLoaders:
-    "fastai DataLoaders (train, valid) over the cache; batches are 7-tuples with n_inp=6."
+    "fastai DataLoaders (train, valid) over the cache; batches are 9-tuples with n_inp=8."
     cache = _as_cache(cache)
     kw = dict(question_types=question_types, max_question_len=max_question_len, max_answer_len=max_answer_len, seed=seed, aug=aug)
-    train = PairDataset(cache, tokenizer, train_split, augment=augment, **kw)
+    train = PairDataset(cache, tokenizer, train_split, augment=augment, drop_reference=drop_reference, **kw)
     valid = PairDataset(cache, tokenizer, valid_split, augment=False, **kw)
     dl_t = PairDataLoader(train, bs=bs, shuffle=True, drop_last=len(train) > bs, num_workers=num_workers)
     dl_v = PairDataLoader(valid, bs=bs_valid, shuffle=False, num_workers=num_workers)

@@ -481,7 +481,7 @@ def generate_answers(model: Any, # a DiffVQA in eval mode
             if other is not None: b.main, b.ref = _images_of(cache, [other[(s_, r_)] for s_, r_ in zip(b.study_id, b.ref_id)])
             elif images == 'blank': b.main, b.ref = torch.zeros_like(b.main), torch.zeros_like(b.ref)
             b = b.to(dev)
-            g = model.generate(b.main, b.ref, b.question_ids, b.question_mask, num_beams=num_beams)
+            g = model.generate(b.main, b.ref, b.question_ids, b.question_mask, num_beams=num_beams, pair_ids=b.pair_ids)
             for i in range(len(b)):
                 rows.append(dict(qid=b.qid[i], subject_id=b.subject_id[i], study_id=b.study_id[i], ref_id=b.ref_id[i],
                                  question_type=b.question_type[i], question=b.question[i], answer=b.answer[i],

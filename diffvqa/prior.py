@@ -67,9 +67,9 @@ class DinoPrior(nn.Module):
                     cfg: ModelConfig, # uses prior, prior_image_size, prior_kwargs
                     pretrained: bool, # load published weights (True) or build the same shape at random
                    ) -> DinoPrior:
-        "Build the prior named in `cfg` from local files only (pretrained) or at random with the same shape."
+        "Build the prior named in `cfg` from local files only (pretrained) or at random with the same shape (also when `cfg.prior` is None)."
         mean, std = RAD_DINO_MEAN, RAD_DINO_STD
-        if pretrained:
+        if pretrained and cfg.prior is not None:
             try: backbone = Dinov2Model.from_pretrained(cfg.prior, local_files_only=True)
             except (OSError, ValueError) as e:
                 raise DiffVQAError(f'prior {cfg.prior!r}: weights not found locally ({type(e).__name__})') from None

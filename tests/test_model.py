@@ -141,14 +141,14 @@ def test_any_timm_backbone_gives_tokens(name, kw, grid, dim):
 def test_forward_shapes(model, batch, tok):
     main, ref, qi, qm, ai, am = batch
     with torch.no_grad(): out = model(main, ref, qi, qm, ai, am)
-    N, C = 16, model.image_encoder.dim
+    N, C = model.grid[0] * model.grid[1], model.image_encoder.dim
     assert out.logits.shape == (2, ai.shape[1], len(tok))
     for k in ('f_main', 'f_ref', 'f_mask_main', 'f_mask_ref', 'f_pred_main', 'f_pred_ref'):
         assert getattr(out, k).shape == (2, N, C), k
     for k in ('registered', 'U', 'A_main', 'A_ref', 'F', 'M'):
         assert getattr(out, k).shape == (2, 1, 128, 128), k
     assert out.theta.shape == (2, 2, 3) and out.z.shape == (2, 2 * C) and out.M_tokens.shape == (2, N)
-    assert out.m_main.shape == (2, N) and out.grid == (4, 4)
+    assert out.m_main.shape == (2, N) and out.grid == (8, 8)
     torch.testing.assert_close(out.registered, main, atol=1e-5, rtol=0)
 
 
