@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -22,8 +23,9 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['PRESETS', 'DiffVQAError', 'patch_to', 'atomic_path', 'atomic_write', 'ModelConfig', 'LossConfig', 'TrainConfig',
-           'ExperimentConfig', 'get_preset', 'config_to_dict', 'config_to_json', 'config_from_json', 'seed_everything',
+__all__ = ['PRESETS', 'DiffVQAError', 'patch_to', 'atomic_path', 'atomic_write', 'atomic_dir', 'ModelConfig', 'LossConfig',
+           'TrainConfig', 'PretrainConfig', 'ExperimentConfig', 'get_preset', 'config_to_dict', 'config_to_json',
+           'config_from_json', 'add_config_args', 'config_overrides', 'apply_overrides', 'seed_everything',
            'package_versions', 'git_commit', 'make_run_dir']
 
 # %% ../nbs/api/00_core.ipynb #830513af
@@ -68,6 +70,25 @@ def atomic_write(path: str | Path, # the final destination
         else: tmp.write_bytes(data)
     return Path(path)
 
+@contextmanager
+def atomic_dir(path: str | Path, # the folder to create or replace
+              ) -> Iterator[Path]:
+    "Yield a temporary folder beside `path`; on success it replaces `path` by renames only (the old one survives as `.NAME.old` until the swap is done)."
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent))
+    try:
+        yield tmp
+        old = path.with_name(f'.{path.name}.old')
+        if path.exists():
+            if old.exists(): shutil.rmtree(old)
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
 # %% ../nbs/api/00_core.ipynb #5b57f41e
 @dataclass
 class ModelConfig:
@@ -76,10 +97,10 @@ class ModelConfig:
     image_encoder: str = 'swin_base_patch4_window12_384'     # timm model name for φ
     image_encoder_kwargs: dict = field(default_factory=dict) # extra timm kwargs (tiny widths)
     image_encoder_weights: str | None = None                 # local checkpoint for φ (None: timm/hub cache)
-    image_standardize: bool = False                          # φ sees each image at zero mean, unit variance (exposure-free)
+    image_standardize: bool = False                          # φ and the prior see each film at zero mean, unit variance
     prior: str | None = 'microsoft/rad-dino'                 # transformers Dinov2 id or local path (None: random init)
     prior_image_size: int = 518                              # DINO input side
-    prior_kwargs: dict = field(default_factory=dict)         # Dinov2Config overrides for random-init priors
+    prior_kwargs: dict = field(default_factory=dict)         # Dinov2Config of a prior built here (random or pretrained by us)
     decoder: str | None = 'gpt2'                             # transformers GPT-2 id or local path (None: random init)
     decoder_kwargs: dict = field(default_factory=dict)       # GPT2Config overrides for random-init decoders
     tokenizer: str = 'gpt2'                                  # 'gpt2' (or a path) or 'bpe' (trained on the data)
@@ -88,6 +109,9 @@ class ModelConfig:
     text_heads: int = 12                                     # text-encoder heads
     projector_heads: int = 8                                 # heads of the projector's transformer layer
     image_position_embedding: bool = False                   # add a learned embedding per grid cell in the projector (not in the paper)
+    image_summary: bool = False                              # one summary token per film from its flattened grid (not in the paper)
+    image_summary_weights: str | None = None                 # local checkpoint of that readout (diffvqa pretrain)
+    fusion_rank: int = 0                                     # >0: bilinear question-film fusion into the <ans> slot (not in the paper)
     mask_hidden: int = 256                                   # hidden width of the mask MLP g
     registration_channels: int = 16                          # width of the registration CNN
     registration_weights: str | None = None                  # local checkpoint of the registration CNN (None: identity start)
@@ -95,6 +119,7 @@ class ModelConfig:
     registration_max_log_scale: float = 0.11                 # |log scale| bound per axis: det A within [0.80, 1.25]
     registration_max_shear: float = 0.1                      # |shear| bound of Θ
     registration_max_translation: float = 0.25               # |shift| bound per axis, normalised units (12.5% of the side)
+    dropout: float = 0.1                                     # dropout in the decoder, projector and text encoder
     max_question_len: int = 32                               # question tokens kept
     max_answer_len: int = 64                                 # answer tokens kept (eos included)
     pretrained: bool = True                                  # load the weights each component names (False: all random)
@@ -116,6 +141,7 @@ class LossConfig:
 class TrainConfig:
     "Optimisation and schedule."
     lr: float = 1.5e-4            # AdamW learning rate
+    lr_image_encoder: float | None = None  # learning rate of φ once unfrozen (None: lr)
     weight_decay: float = 0.05    # AdamW weight decay
     epochs_frozen: int = 4        # stage 1: image encoder frozen
     epochs_unfrozen: int = 4      # stage 2: everything trains
@@ -129,6 +155,28 @@ class TrainConfig:
     num_beams: int = 1            # beams for validation generation
     mixed_precision: str = 'bf16' # used on GPU only
     num_workers: int = 0          # DataLoader workers
+    drop_reference: float = 0.05  # share of non-difference training questions shown without their reference (single-visit path)
+
+@dataclass
+class PretrainConfig:
+    "What `diffvqa pretrain` does with the training split's films: grounded φ, DINO prior, registration CNN."
+    epochs: int = 20              # image-encoder epochs (view, findings, boxes)
+    prior_grounded_epochs: int = 10  # warm-start epochs of the prior on the grounded targets
+    epochs_prior: int = 5         # DINO self-distillation epochs of the prior after the warm start
+    epochs_registration: int = 10 # registration epochs on known random warps
+    bs: int = 32                  # films per batch
+    lr: float = 2e-3              # peak AdamW learning rate of the encoder and registration (one-cycle)
+    weight_decay: float = 0.05    # AdamW weight decay
+    w_view: float = 1.0           # weight of the view (PA/AP) term
+    w_findings: float = 1.0       # weight of the per-film findings term
+    w_grounding: float = 1.0      # weight of the per-token box term (where boxes exist)
+    prior_lr: float = 5e-4        # peak AdamW learning rate of the DINO student
+    prior_prototypes: int = 256   # DINO head outputs (prototypes)
+    prior_local_crops: int = 2    # small crops per film for the student (besides two large ones)
+    prior_teacher_temp: float = 0.04  # DINO teacher temperature (Sinkhorn-Knopp targets)
+    prior_momentum: float = 0.996 # teacher EMA momentum at the start (cosine to 1)
+    holdout: float = 0.1          # share of training subjects held out to report the objectives (never val/test)
+    seed: int = 0                 # seed of sampling, augmentation and initialisation
 
 @dataclass
 class ExperimentConfig:
@@ -148,12 +196,12 @@ def _tiny() -> ExperimentConfig:
         image_standardize=True,
         prior=None,
         prior_image_size=126,
-        prior_kwargs=dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2, patch_size=14, image_size=126),
+        prior_kwargs=dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=2, mlp_ratio=2, patch_size=14, image_size=126),
         decoder=None,
         decoder_kwargs=dict(n_layer=2, n_embd=96, n_head=4, n_positions=256),
         tokenizer='bpe', bpe_vocab_size=512,
-        text_layers=2, text_heads=4, projector_heads=4, image_position_embedding=True, mask_hidden=64, registration_channels=8,
-        max_question_len=24, max_answer_len=48, pretrained=False)
+        text_layers=2, text_heads=4, projector_heads=4, image_position_embedding=True, image_summary=True, fusion_rank=256, mask_hidden=64, registration_channels=8,
+        max_question_len=24, max_answer_len=48, dropout=0.0, pretrained=False)
     train = TrainConfig(lr=1e-3, epochs_frozen=2, epochs_unfrozen=2, bs=16, bs_valid=32, val_subset=64, mixed_precision='no')
     return ExperimentConfig(model=model, train=train, preset='tiny')
 
@@ -193,6 +241,51 @@ def config_from_json(text: str, # JSON text written by `config_to_json`
                     ) -> Any:
     "Rebuild a config dataclass from JSON."
     return _from_dict(cls, json.loads(text))
+
+# %% ../nbs/api/00_core.ipynb #09252978
+def _flag(name: str) -> str: return '--' + name.replace('_', '-')
+
+def add_config_args(parser: Any, # an argparse parser or argument group
+                    cls: type, # a config dataclass
+                    skip: tuple[str, ...] = (), # fields that get no flag (set elsewhere)
+                   ) -> None:
+    "One flag per field of `cls`, typed by its default, with the field's comment as help; every default is None (keep the preset's)."
+    import argparse
+    from fastcore.docments import docments
+    helps = docments(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip: continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        kw: dict[str, Any] = dict(default=None, dest=f.name, help=f"{helps.get(f.name) or f.name} (preset: {default!r})")
+        if isinstance(default, dict): continue  # widths of a backbone: set them in a preset or a config file
+        if isinstance(default, bool): kw['action'] = argparse.BooleanOptionalAction
+        elif isinstance(default, tuple): kw.update(nargs='+', type=type(default[0]) if default else str)
+        elif isinstance(default, (int, float)): kw['type'] = type(default)
+        else: kw['type'] = str
+        parser.add_argument(_flag(f.name), **kw)
+
+def config_overrides(args: Any, # parsed flags (argparse.Namespace)
+                     cls: type, # the config dataclass whose flags to read
+                    ) -> dict[str, Any]:
+    "The fields of `cls` the user set on the command line."
+    out = {}
+    for f in dataclasses.fields(cls):
+        v = getattr(args, f.name, None)
+        if v is not None: out[f.name] = tuple(v) if isinstance(v, list) else v
+    return out
+
+def apply_overrides(cfg: Any, # a config dataclass instance (changed in place and returned)
+                    overrides: dict[str, Any], # field -> value
+                   ) -> Any:
+    "Set fields by name; an unknown name or a wrong type is one line naming the flag."
+    fields = {f.name: f for f in dataclasses.fields(cfg)}
+    for k, v in overrides.items():
+        if k not in fields: raise DiffVQAError(f'{_flag(k)}: no such setting in {type(cfg).__name__} (choose from {", ".join(fields)})')
+        cur = getattr(cfg, k)
+        if isinstance(cur, bool) and not isinstance(v, bool) or isinstance(cur, int) and not isinstance(cur, bool) and (isinstance(v, bool) or not isinstance(v, int)):
+            raise DiffVQAError(f'{_flag(k)}: expected {type(cur).__name__}, got {v!r}')
+        setattr(cfg, k, type(cur)(v) if isinstance(cur, (float, tuple)) else v)
+    return cfg
 
 # %% ../nbs/api/00_core.ipynb #643a84cb
 def seed_everything(seed: int, # the seed for random, numpy and torch

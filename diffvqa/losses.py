@@ -111,9 +111,15 @@ def gram_loss(f_a: Tensor, # [B,N,C] tokens of one visit
 # %% ../nbs/api/07_losses.ipynb #26f652a4
 def koleo_loss(z: Tensor, # [B,D] one embedding per sample
                eps: float = 1e-8, # ε inside the log (and the smoothing of the distance at 0)
+               groups: Tensor | None = None, # [B] ids: rows with equal ids are one sample (the first row counts)
               ) -> Tensor:
-    "Eq. 17: minus the mean log distance of each L2-normalised embedding to its nearest neighbour in the batch."
+    "Eq. 17: minus the mean log distance of each L2-normalised embedding to its nearest neighbour among the distinct samples."
     if z.ndim != 2: raise ValueError(f'z must be [B,D], got {tuple(z.shape)}')
+    if groups is not None:
+        if groups.shape != z.shape[:1]: raise ValueError(f'groups {tuple(groups.shape)} do not match z {tuple(z.shape)}')
+        _, inv = torch.unique(groups, return_inverse=True)
+        first = torch.full((int(inv.max()) + 1,), len(inv), device=z.device).scatter_reduce(0, inv, torch.arange(len(inv), device=z.device), 'amin')
+        z = z[first]
     B = z.shape[0]
     if B < 2: return z.new_zeros((), dtype=torch.float32)
     zh = F.normalize(z.float(), dim=-1)

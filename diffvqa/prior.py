@@ -52,9 +52,10 @@ class DinoPrior(nn.Module):
                  image_size: int, # the side the ViT reads (a multiple of its patch size)
                  mean: tuple[float, ...] = RAD_DINO_MEAN, # normalisation the ViT was trained with
                  std: tuple[float, ...] = RAD_DINO_STD,
+                 standardize: bool = False, # instead, each image at zero mean and unit variance (the `tiny` preset)
                 ):
         super().__init__()
-        self.backbone, self.image_size = backbone, image_size
+        self.backbone, self.image_size, self.standardize = backbone, image_size, standardize
         self.patch_size = backbone.config.patch_size
         if image_size % self.patch_size: raise DiffVQAError(f'prior_image_size: {image_size} is not a multiple of the patch size {self.patch_size}')
         self.register_buffer('mean', torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
@@ -77,11 +78,21 @@ class DinoPrior(nn.Module):
         else:
             kw = dict(cfg.prior_kwargs) if cfg.prior_kwargs else dict(RAD_DINO)
             backbone = Dinov2Model(Dinov2Config(**kw))
-        return cls(backbone, cfg.prior_image_size, mean, std)
+        return cls(backbone, cfg.prior_image_size, mean, std, cfg.image_standardize)
 
     def train(self, mode: bool = True) -> DinoPrior:
         "Stay in eval mode whatever is asked: the prior is frozen."
         return super().train(False)
+
+    def preprocess(self,
+                   images: Tensor, # [B,1,H,W] or [B,3,H,W] images in [0,1]
+                  ) -> Tensor:
+        "What the ViT reads: three channels at `image_size`, normalised (or standardised per image): [B,3,s,s]."
+        x = images.float()
+        if x.shape[1] == 1: x = x.expand(-1, 3, -1, -1)
+        x = F.interpolate(x, size=(self.image_size, self.image_size), mode='bilinear', align_corners=False, antialias=True)
+        if self.standardize: return (x - x.mean((-3, -2, -1), keepdim=True)) / (x.std((-3, -2, -1), keepdim=True) + 1e-6)
+        return (x - self.mean) / self.std
 
     @torch.no_grad()
     def attention(self,
@@ -89,11 +100,7 @@ class DinoPrior(nn.Module):
                  ) -> Tensor:
         "The CLS-patch map of each image, resized to the input size: [B,1,H,W] in [0,1]."
         H, W = images.shape[-2:]
-        x = images.float()
-        if x.shape[1] == 1: x = x.expand(-1, 3, -1, -1)
-        x = F.interpolate(x, size=(self.image_size, self.image_size), mode='bilinear', align_corners=False, antialias=True)
-        x = (x - self.mean) / self.std
-        hidden = self.backbone(pixel_values=x).last_hidden_state  # [B,1+N,D]
+        hidden = self.backbone(pixel_values=self.preprocess(images)).last_hidden_state  # [B,1+N,D]
         g = self.image_size // self.patch_size
         A = cls_patch_attention(hidden[:, 0], hidden[:, 1:1 + g * g], (g, g))
         return F.interpolate(A, size=(H, W), mode='bilinear', align_corners=False).clamp(0, 1)

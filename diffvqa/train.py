@@ -35,23 +35,24 @@ from fastcore.basics import noop
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .core import DiffVQAError, ExperimentConfig, atomic_write, config_from_json, config_to_json, get_preset
-from .core import make_run_dir, seed_everything
+from .core import (DiffVQAError, ExperimentConfig, TrainConfig, add_config_args, apply_overrides, atomic_dir, atomic_write,
+                          config_from_json, config_overrides, config_to_json, get_preset, make_run_dir, seed_everything)
 from .data import PairCache, PairDataset, collate_pairs, get_dataloaders, get_tokenizer
 from .evaluate import caption_metrics
 from .losses import LOSS_TERMS, DiffVQALoss
-from .model import DiffVQA
+from .model import DiffVQA, shared_tensor_keys
+from .pretrain import apply_pretrained
 from .templates import QUESTION_TYPES
 from .tokenizer import load_tokenizer
 from .visualize import plot_training_curves, read_metrics_csv
 
 # %% auto #0
 __all__ = ['CHECKPOINT_FORMAT', 'cosine_lambda', 'run_progress', 'epoch_seed', 'seed_epoch', 'get_rng_state', 'set_rng_state',
-           'optimizer_state_to_safetensors', 'optimizer_state_from_safetensors', 'publish_dir', 'new_tmp_dir',
-           'model_tensors', 'save_checkpoint', 'find_checkpoint', 'load_checkpoint', 'write_metrics_csv',
-           'set_encoder_frozen', 'set_lambda', 'get_lambda', 'TwoStage', 'EpochSeed', 'LambdaSchedule', 'LossTerms',
-           'EpochGradientAccumulation', 'BF16Autocast', 'validation_subset', 'CaptionScores', 'RunKeeper', 'plot_run',
-           'TrainResult', 'train', 'copy_config', 'add_train_args', 'run_train']
+           'optimizer_state_to_safetensors', 'optimizer_state_from_safetensors', 'model_tensors', 'save_checkpoint',
+           'find_checkpoint', 'load_checkpoint', 'write_metrics_csv', 'set_encoder_frozen', 'set_lambda', 'get_lambda',
+           'TwoStage', 'EpochSeed', 'LambdaSchedule', 'LossTerms', 'EpochGradientAccumulation', 'BF16Autocast',
+           'validation_subset', 'CaptionScores', 'RunKeeper', 'plot_run', 'TrainResult', 'train', 'copy_config',
+           'add_train_args', 'run_train']
 
 # %% ../nbs/api/08_train.ipynb #b02c6ae8
 def cosine_lambda(progress: float, # fraction of all training iterations done, in [0, 1] (clipped)
@@ -145,37 +146,14 @@ def optimizer_state_from_safetensors(meta: dict, # structure from `optimizer_sta
 # %% ../nbs/api/08_train.ipynb #12a4c4ef
 CHECKPOINT_FORMAT = 'diffvqa-checkpoint'
 
-def publish_dir(tmp: Path, # a fully written folder
-                final: Path, # where it should appear
-               ) -> Path:
-    "Replace folder `final` by `tmp` with renames only; the previous version survives as `.NAME.old` until the swap is done."
-    final = Path(final)
-    old = final.with_name(f'.{final.name}.old')
-    if final.exists():
-        if old.exists(): shutil.rmtree(old)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-    return final
-
-def new_tmp_dir(final: Path, # the folder this temporary one will replace
-               ) -> Path:
-    "A fresh temporary folder beside `final`."
-    final = Path(final); final.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f'.{final.name}.', suffix='.tmp', dir=final.parent))
-
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, 'module', model)   # DistributedDataParallel keeps the model in .module
 
 def model_tensors(model: torch.nn.Module, # any module
                  ) -> dict[str, torch.Tensor]:
     "The state dict on the CPU, a tensor that shares storage with an earlier key (tied weights) stored once."
-    seen, out = set(), {}
-    for k, v in _unwrap(model).state_dict().items():
-        key = (v.data_ptr(), tuple(v.shape), v.stride())
-        if v.numel() and key in seen: continue
-        seen.add(key); out[k] = v.detach().cpu().contiguous()
-    return out
+    tied = set(shared_tensor_keys(model))
+    return {k: v.detach().cpu().contiguous() for k, v in _unwrap(model).state_dict().items() if k not in tied}
 
 def save_checkpoint(path: str | Path, # the checkpoint folder, e.g. RUN/checkpoints/last
                     model: torch.nn.Module, # the model
@@ -183,9 +161,7 @@ def save_checkpoint(path: str | Path, # the checkpoint folder, e.g. RUN/checkpoi
                     state: dict, # JSON-ready training state (epochs done, progress, best, history ...)
                    ) -> Path:
     "Write model, optimiser, generator states and `state` to `path`, atomically."
-    path = Path(path)
-    tmp = new_tmp_dir(path)
-    try:
+    with atomic_dir(path) as tmp:
         save_file(model_tensors(model), str(tmp/'model.safetensors'), metadata={'format': 'pt'})
         state = dict(state, format=CHECKPOINT_FORMAT, version=1)
         if optimizer is not None:
@@ -194,9 +170,7 @@ def save_checkpoint(path: str | Path, # the checkpoint folder, e.g. RUN/checkpoi
         meta, tens = get_rng_state()
         save_file(tens, str(tmp/'rng.safetensors')); state['rng'] = meta
         (tmp/'state.json').write_text(json.dumps(state, indent=1, allow_nan=True))
-        return publish_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True); raise
+    return Path(path)
 
 def find_checkpoint(path: str | Path, # a checkpoint folder (e.g. RUN/checkpoints/last)
                    ) -> Path | None:
@@ -386,7 +360,7 @@ class CaptionScores(Callback):
         ctx = partial(torch.autocast, 'cuda', dtype=torch.bfloat16) if self.bf16 else nullcontext
         for b in tqdm(dl, desc='validation answers', leave=False, disable=not self.progress):
             b = b.to(dev)
-            with ctx(): g = model.generate(b.main, b.ref, b.question_ids, b.question_mask, num_beams=self.num_beams)
+            with ctx(): g = model.generate(b.main, b.ref, b.question_ids, b.question_mask, num_beams=self.num_beams, pair_ids=b.pair_ids)
             preds += g.texts; refs += [a.strip() for a in b.answer]
         return preds, refs
 
@@ -453,15 +427,10 @@ class RunKeeper(Callback):
 
     def save_best(self, model: torch.nn.Module, row: dict) -> None:
         "Write the model in save_pretrained format to RUN/best (atomically) with the epoch's scores."
-        final = self.run/'best'
-        tmp = new_tmp_dir(final)
-        try:
+        with atomic_dir(self.run/'best') as tmp:
             model.save_pretrained(tmp)
             (tmp/'best.json').write_text(json.dumps(dict(epoch=row['epoch'], stage=row['stage'], **{'lambda': row['lambda']},
                                                          **{k: row[k] for k in CaptionScores.names}), indent=1))
-            publish_dir(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True); raise
 
 def plot_run(run: str | Path, # a run folder with metrics.csv
             ) -> Path | None:
@@ -474,7 +443,7 @@ def plot_run(run: str | Path, # a run folder with metrics.csv
     plot_training_curves(rows, losses=losses, score='cider', save=run/'curves.png')
     return run/'curves.png'
 
-# %% ../nbs/api/08_train.ipynb #eda8e2fe
+# %% ../nbs/api/08_train.ipynb #1461eb1f
 @dataclass
 class TrainResult:
     "What `train` returns."
@@ -487,18 +456,24 @@ class TrainResult:
     resumed_from: int = 0          # epochs that were already done when this call started
 
 def _check_config(cfg: ExperimentConfig) -> ExperimentConfig:
+    "Refuse settings a run cannot use, naming the flag."
     t = cfg.train
-    for flag, v, lo in (('--epochs-frozen', t.epochs_frozen, 0), ('--epochs-unfrozen', t.epochs_unfrozen, 0), ('--bs', t.bs, 1),
-                        ('--bs-valid', t.bs_valid, 1), ('--grad-accum', t.grad_accum, 1), ('--val-subset', t.val_subset, 1)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < lo: raise DiffVQAError(f'{flag}: must be an integer >= {lo}, got {v!r}')
+    for name, lo in (('epochs_frozen', 0), ('epochs_unfrozen', 0), ('bs', 1), ('bs_valid', 1), ('grad_accum', 1), ('val_subset', 1), ('num_beams', 1)):
+        v = getattr(t, name)
+        if not isinstance(v, int) or isinstance(v, bool) or v < lo: raise DiffVQAError(f'{_flag(name)}: must be an integer >= {lo}, got {v!r}')
     if t.epochs_frozen + t.epochs_unfrozen < 1: raise DiffVQAError('--epochs-frozen/--epochs-unfrozen: the run has no epochs')
-    if not (isinstance(t.lr, (int, float)) and t.lr > 0 and math.isfinite(t.lr)): raise DiffVQAError(f'--lr: must be a positive number, got {t.lr!r}')
+    for name in ('lr', 'lr_image_encoder'):
+        v = getattr(t, name)
+        if v is not None and not (isinstance(v, (int, float)) and v > 0 and math.isfinite(v)): raise DiffVQAError(f'{_flag(name)}: must be a positive number, got {v!r}')
     if not t.question_types: raise DiffVQAError('--question-types: give at least one question type')
     bad = [q for q in t.question_types if q not in QUESTION_TYPES]
     if bad: raise DiffVQAError(f'--question-types: unknown {bad} (choose from {", ".join(QUESTION_TYPES)})')
     for name in ('lambda_start', 'lambda_end'):
-        if not 0 <= getattr(t, name) <= 1: raise DiffVQAError(f'config: train.{name} must lie in [0, 1], got {getattr(t, name)}')
+        if not 0 <= getattr(t, name) <= 1: raise DiffVQAError(f'{_flag(name)}: must lie in [0, 1], got {getattr(t, name)}')
+    if not 0 <= t.drop_reference < 1: raise DiffVQAError(f'--drop-reference: must lie in [0, 1), got {t.drop_reference}')
     return cfg
+
+def _flag(name: str) -> str: return '--' + name.replace('_', '-')
 
 def _is_run(path: Path) -> bool:
     return (path/'config.json').is_file() and ((path/'run.json').is_file() or (path/'checkpoints').is_dir())
@@ -511,26 +486,108 @@ def _subset_train(dls: Any, n: int, seed: int) -> None:
     dls.loaders[0] = dls.train.new(dataset=_Subset(ds, idx), drop_last=n > dls.train.bs)
 
 class _Subset(torch.utils.data.Dataset):
-    "Some items of a PairDataset, forwarding its attributes (pad_id, set_epoch, ...)."
-    def __init__(self, ds: Any, idx: list[int]): self.ds, self.idx = ds, idx
+    "Some items of a PairDataset, forwarding its attributes (pad_id, set_epoch, rows ...)."
+    def __init__(self, ds: Any, idx: list[int]):
+        self.ds, self.idx = ds, idx
+        self.main_rows, self.ref_rows = ds.main_rows[idx], ds.ref_rows[idx]
     def __len__(self) -> int: return len(self.idx)
     def __getitem__(self, i: int) -> Any: return self.ds[self.idx[i]]
     def __getattr__(self, k: str) -> Any:
         if k in ('ds', 'idx'): raise AttributeError(k)
         return getattr(self.ds, k)
 
+
+# %% ../nbs/api/08_train.ipynb #727231f5
+@dataclass
+class _Run:
+    "A resolved run: where, with which configuration and data, and from which checkpoint."
+    path: Path
+    cfg: ExperimentConfig
+    data: str | Path
+    max_train_questions: int | None
+    ckpt: Path | None = None
+
+def _resume_run(resume: str | Path, out: Any, data: Any, seed: int | None, max_train_questions: int | None, overrides: dict) -> _Run:
+    "Read a run's configuration back; any changed setting is refused (λ and the data order depend on them)."
+    run = Path(resume)
+    if not _is_run(run): raise DiffVQAError(f'--resume {run}: not a training run folder (no config.json/run.json)')
+    if out is not None and Path(out).resolve() != run.resolve():
+        raise DiffVQAError(f'--out {out}: differs from --resume {run}; a run resumes in its own folder')
+    cfg = _check_config(config_from_json((run/'config.json').read_text()))
+    info = json.loads((run/'run.json').read_text()) if (run/'run.json').is_file() else {}
+    for k, v in overrides.items():
+        if v != getattr(cfg.train, k): raise DiffVQAError(f"{_flag(k)}: a resumed run keeps its configuration ({getattr(cfg.train, k)!r}), got {v!r}")
+    if seed is not None and seed != cfg.seed: raise DiffVQAError(f'--seed: a resumed run keeps its seed ({cfg.seed}), got {seed}')
+    if max_train_questions is not None and max_train_questions != info.get('max_train_questions'):
+        raise DiffVQAError(f"--max-train-questions: a resumed run keeps {info.get('max_train_questions')}, got {max_train_questions}")
+    data = data if data is not None else info.get('data')
+    if data is None: raise DiffVQAError(f'--data: {run/"run.json"} does not say which cache the run used; pass --data')
+    return _Run(run, cfg, data, info.get('max_train_questions'), find_checkpoint(run/'checkpoints'/'last'))
+
+def _new_run(data: Any, out: Any, config: ExperimentConfig | None, preset: str, pretrained: Any, seed: int | None,
+             max_train_questions: int | None, overwrite: bool, overrides: dict) -> _Run:
+    "Configuration of a new run; the folder must be empty, absent, or (with overwrite) a previous run."
+    if data is None: raise DiffVQAError('--data: the prepared cache to train on is required')
+    if out is None: raise DiffVQAError('--out: the run folder to create is required')
+    run = Path(out)
+    if run.exists() and not run.is_dir(): raise DiffVQAError(f'--out {run}: exists and is not a folder')
+    if run.is_dir() and any(run.iterdir()):
+        if not overwrite: raise DiffVQAError(f'--out {run}: folder is not empty; use --resume {run} to continue it or --overwrite to replace it')
+        if not _is_run(run): raise DiffVQAError(f'--out {run}: --overwrite only replaces a previous training run, and this folder is not one')
+    cfg = copy_config(config) if config is not None else get_preset(preset)
+    apply_overrides(cfg.train, overrides)
+    if seed is not None: cfg.seed = int(seed)
+    if pretrained is not None: cfg.model = apply_pretrained(cfg.model, pretrained)
+    _check_config(cfg)
+    if max_train_questions is not None and (not isinstance(max_train_questions, int) or max_train_questions < 1):
+        raise DiffVQAError(f'--max-train-questions: must be an integer >= 1, got {max_train_questions!r}')
+    if run.is_dir() and any(run.iterdir()): shutil.rmtree(run)
+    return _Run(run, cfg, data, max_train_questions)
+
+# %% ../nbs/api/08_train.ipynb #af9373fd
+def _build_learner(r: _Run, cache: PairCache, cbs: Sequence[Callback], scorer: Callable | None, progress: bool,
+                   verbose: bool) -> tuple[Learner, RunKeeper]:
+    "The Learner of a resolved run, with its callbacks; the RunKeeper holds the history."
+    cfg, t, m, is_main = r.cfg, r.cfg.train, r.cfg.model, rank_distrib() == 0
+    seed_everything(cfg.seed)
+    if (r.path/'tokenizer').is_dir(): tok = load_tokenizer(r.path/'tokenizer')
+    else:
+        tok = get_tokenizer(cache, m)
+        if is_main: tok.save_pretrained(str(r.path/'tokenizer'))
+    device = default_device()
+    dls = get_dataloaders(cache, tok, bs=t.bs, bs_valid=t.bs_valid, question_types=t.question_types, max_question_len=m.max_question_len,
+                          max_answer_len=m.max_answer_len, num_workers=t.num_workers, seed=cfg.seed, device=device,
+                          drop_reference=t.drop_reference)
+    if r.max_train_questions is not None: _subset_train(dls, r.max_train_questions, cfg.seed)
+    seed_everything(cfg.seed)
+    model = DiffVQA(m, tok).to(device)
+    bf16 = t.mixed_precision == 'bf16' and device.type == 'cuda'
+    stages, total = TwoStage(t.epochs_frozen), t.epochs_frozen + t.epochs_unfrozen
+    state = json.loads((r.ckpt/'state.json').read_text()) if r.ckpt is not None else {}
+    terms = LossTerms()
+    scores = CaptionScores(validation_subset(cache, tok, cfg), bs=t.bs_valid, num_beams=t.num_beams, bf16=bf16, scorer=scorer, progress=progress)
+    best = state.get('best_cider')
+    keeper = RunKeeper(r.path, stages, total, cfg.seed, state.get('history', []), best if best is not None else float('-inf'),
+                       state.get('best_epoch'), verbose=verbose and is_main)
+    callbacks = [stages, EpochSeed(cfg.seed), LambdaSchedule(total, t.lambda_start, t.lambda_end), terms, scores, keeper]
+    if t.grad_accum > 1: callbacks.append(EpochGradientAccumulation(t.grad_accum, t.bs))
+    if bf16: callbacks.append(BF16Autocast())
+    enc = set(id(p) for p in model.image_encoder.parameters())
+    split = lambda mod: [[p for p in mod.parameters() if id(p) in enc], [p for p in mod.parameters() if id(p) not in enc]]
+    learn = Learner(dls, model, loss_func=DiffVQALoss(cfg.loss, pad_id=tok.pad_token_id),
+                    opt_func=partial(OptimWrapper, opt=torch.optim.AdamW, weight_decay=t.weight_decay),
+                    lr=t.lr, wd=t.weight_decay, wd_bn_bias=True, splitter=split,
+                    metrics=terms.columns() + scores.columns(), cbs=callbacks + list(cbs or []), path=r.path)
+    if not progress: learn.remove_cb(ProgressCallback); learn.logger = noop
+    learn.create_opt()
+    return learn, keeper
+
+# %% ../nbs/api/08_train.ipynb #13ae8ef5
 def train(data: str | Path | None = None, # a prepared cache (`diffvqa prepare`); default on resume: the run's
           out: str | Path | None = None, # the run folder to create (must be empty or absent)
-          preset: str = 'tiny', # 'tiny' or 'paper' (ignored when `config` is given)
           config: ExperimentConfig | None = None, # a full configuration instead of a preset
-          epochs_frozen: int | None = None, # stage 1 epochs (image encoder frozen)
-          epochs_unfrozen: int | None = None, # stage 2 epochs (everything trains)
-          bs: int | None = None, # training batch size
-          bs_valid: int | None = None, # validation batch size
-          lr: float | None = None, # AdamW learning rate
-          grad_accum: int | None = None, # batches per optimiser step
-          question_types: Sequence[str] | None = None, # which questions to train and validate on
-          val_subset: int | None = None, # validation questions answered for CIDEr each epoch
+          preset: str = 'tiny', # 'tiny' or 'paper' (ignored when `config` is given)
+          pretrained: str | Path | None = None, # a `diffvqa pretrain` folder: the model starts from its encoders
           seed: int | None = None, # the run's seed
           max_train_questions: int | None = None, # train on a seeded sample of this many questions
           resume: str | Path | None = None, # a run folder to continue
@@ -539,135 +596,65 @@ def train(data: str | Path | None = None, # a prepared cache (`diffvqa prepare`)
           scorer: Callable | None = None, # (predictions, references) -> {'CIDEr', 'BLEU-1', 'METEOR', 'ROUGE-L'}; default evaluate.caption_metrics
           progress: bool = True, # fastai progress bars and table
           verbose: bool = True, # one summary line per epoch
+          **overrides, # any `TrainConfig` field, e.g. lr=3e-4, epochs_frozen=2
          ) -> TrainResult:
     "Train DiffVQA in two stages with the λ cosine, select by validation CIDEr, checkpoint every epoch; or resume a run."
-    over = dict(epochs_frozen=epochs_frozen, epochs_unfrozen=epochs_unfrozen, bs=bs, bs_valid=bs_valid, lr=lr,
-                grad_accum=grad_accum, question_types=tuple(question_types) if question_types is not None else None,
-                val_subset=val_subset)
-    if resume is not None:
-        run = Path(resume)
-        if not _is_run(run): raise DiffVQAError(f'--resume {run}: not a training run folder (no config.json/run.json)')
-        if out is not None and Path(out).resolve() != run.resolve():
-            raise DiffVQAError(f'--out {out}: differs from --resume {run}; a run resumes in its own folder')
-        cfg = _check_config(config_from_json((run/'config.json').read_text()))
-        info = json.loads((run/'run.json').read_text()) if (run/'run.json').is_file() else {}
-        for k, v in over.items():
-            if v is not None and v != getattr(cfg.train, k):
-                raise DiffVQAError(f"--{k.replace('_', '-')}: a resumed run keeps its configuration ({getattr(cfg.train, k)!r}), got {v!r}")
-        if seed is not None and seed != cfg.seed: raise DiffVQAError(f'--seed: a resumed run keeps its seed ({cfg.seed}), got {seed}')
-        if max_train_questions is not None and max_train_questions != info.get('max_train_questions'):
-            raise DiffVQAError(f"--max-train-questions: a resumed run keeps {info.get('max_train_questions')}, got {max_train_questions}")
-        max_train_questions = info.get('max_train_questions')
-        data = data if data is not None else info.get('data')
-        if data is None: raise DiffVQAError(f'--data: {run/"run.json"} does not say which cache the run used; pass --data')
-    else:
-        if data is None: raise DiffVQAError('--data: the prepared cache to train on is required')
-        if out is None: raise DiffVQAError('--out: the run folder to create is required')
-        run = Path(out)
-        if run.exists() and not run.is_dir(): raise DiffVQAError(f'--out {run}: exists and is not a folder')
-        if run.is_dir() and any(run.iterdir()):
-            if not overwrite: raise DiffVQAError(f'--out {run}: folder is not empty; use --resume {run} to continue it or --overwrite to replace it')
-            if not _is_run(run): raise DiffVQAError(f'--out {run}: --overwrite only replaces a previous training run, and this folder is not one')
-            shutil.rmtree(run)
-        cfg = copy_config(config) if config is not None else get_preset(preset)
-        for k, v in over.items():
-            if v is not None: setattr(cfg.train, k, v)
-        if seed is not None: cfg.seed = int(seed)
-        _check_config(cfg)
-    if max_train_questions is not None and (not isinstance(max_train_questions, int) or max_train_questions < 1):
-        raise DiffVQAError(f'--max-train-questions: must be an integer >= 1, got {max_train_questions!r}')
-    cache = PairCache(data)   # raises a one-line DiffVQAError for a missing or unprepared cache
-    if cache.size != cfg.model.image_size:
-        raise DiffVQAError(f'--data {data}: images are cached at {cache.size}px but the model takes {cfg.model.image_size}px; '
-                           f'prepare the cache with --size {cfg.model.image_size}')
-    t = cfg.train
-    total = t.epochs_frozen + t.epochs_unfrozen
-    is_main = rank_distrib() == 0
-    ckpt = find_checkpoint(run/'checkpoints'/'last') if resume is not None else None
-    if resume is None and is_main:
-        make_run_dir(run, cfg)
-        atomic_write(run/'run.json', json.dumps(dict(data=str(Path(data).resolve()), max_train_questions=max_train_questions,
-                                                     preset=cfg.preset, created=time.strftime('%Y-%m-%dT%H:%M:%S%z')), indent=1))
-    seed_everything(cfg.seed)
-    if (run/'tokenizer').is_dir(): tok = load_tokenizer(run/'tokenizer')
-    else:
-        tok = get_tokenizer(cache, cfg.model)
-        if is_main: tok.save_pretrained(str(run/'tokenizer'))
-    device = default_device()
-    m = cfg.model
-    dls = get_dataloaders(cache, tok, bs=t.bs, bs_valid=t.bs_valid, question_types=t.question_types,
-                          max_question_len=m.max_question_len, max_answer_len=m.max_answer_len,
-                          num_workers=t.num_workers, seed=cfg.seed, device=device)
-    if max_train_questions is not None: _subset_train(dls, max_train_questions, cfg.seed)
-    seed_everything(cfg.seed)
-    model = DiffVQA(m, tok).to(device)
-    bf16 = t.mixed_precision == 'bf16' and device.type == 'cuda'
-    stages = TwoStage(t.epochs_frozen)
-    state = json.loads((ckpt/'state.json').read_text()) if ckpt is not None else {}
-    history, best_cider, best_epoch = state.get('history', []), state.get('best_cider'), state.get('best_epoch')
-    terms, scores = LossTerms(), CaptionScores(validation_subset(cache, tok, cfg), bs=t.bs_valid, num_beams=t.num_beams,
-                                                bf16=bf16, scorer=scorer, progress=progress)
-    keeper = RunKeeper(run, stages, total, cfg.seed, history, best_cider if best_cider is not None else float('-inf'),
-                       best_epoch, verbose=verbose and is_main)
-    callbacks = [stages, EpochSeed(cfg.seed), LambdaSchedule(total, t.lambda_start, t.lambda_end), terms, scores, keeper]
-    if t.grad_accum > 1: callbacks.append(EpochGradientAccumulation(t.grad_accum, t.bs))
-    if bf16: callbacks.append(BF16Autocast())
-    learn = Learner(dls, model, loss_func=DiffVQALoss(cfg.loss, pad_id=tok.pad_token_id),
-                    opt_func=partial(OptimWrapper, opt=torch.optim.AdamW, weight_decay=t.weight_decay),
-                    lr=t.lr, wd=t.weight_decay, wd_bn_bias=True, splitter=lambda mod: [list(mod.parameters())],
-                    metrics=terms.columns() + scores.columns(), cbs=callbacks + list(cbs or []), path=run)
-    if not progress: learn.remove_cb(ProgressCallback); learn.logger = noop
-    learn.create_opt()
-    done = 0
-    if ckpt is not None:
-        state = load_checkpoint(ckpt, model, learn.opt.opt)
+    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items() if v is not None}
+    if resume is not None: r = _resume_run(resume, out, data, seed, max_train_questions, overrides)
+    else: r = _new_run(data, out, config, preset, pretrained, seed, max_train_questions, overwrite, overrides)
+    cache = PairCache(r.data)   # raises a one-line DiffVQAError for a missing or unprepared cache
+    if cache.size != r.cfg.model.image_size:
+        raise DiffVQAError(f'--data {r.data}: images are cached at {cache.size}px but the model takes {r.cfg.model.image_size}px; '
+                           f'prepare the cache with --size {r.cfg.model.image_size}')
+    if resume is None and rank_distrib() == 0:
+        make_run_dir(r.path, r.cfg)
+        atomic_write(r.path/'run.json', json.dumps(dict(data=str(Path(r.data).resolve()), max_train_questions=r.max_train_questions,
+                                                        preset=r.cfg.preset, pretrained=str(Path(pretrained).resolve()) if pretrained else None,
+                                                        created=time.strftime('%Y-%m-%dT%H:%M:%S%z')), indent=1))
+    learn, keeper = _build_learner(r, cache, cbs or [], scorer, progress, verbose)
+    t = r.cfg.train
+    total, done = t.epochs_frozen + t.epochs_unfrozen, 0
+    if r.ckpt is not None:
+        state = load_checkpoint(r.ckpt, learn.model, learn.opt.opt)
         done = int(state['epochs_done'])
-        if state.get('total_epochs') != total: raise DiffVQAError(f'{ckpt/"state.json"}: written for {state.get("total_epochs")} epochs, config says {total}')
-        if is_main: write_metrics_csv(run/'metrics.csv', history); plot_run(run)   # the rows of the finished epochs only
-    set_lambda(model, cosine_lambda(done / total, t.lambda_start, t.lambda_end))
+        if state.get('total_epochs') != total: raise DiffVQAError(f'{r.ckpt/"state.json"}: written for {state.get("total_epochs")} epochs, config says {total}')
+        if rank_distrib() == 0: write_metrics_csv(r.path/'metrics.csv', keeper.history); plot_run(r.path)   # the finished epochs only
+    set_lambda(learn.model, cosine_lambda(done / total, t.lambda_start, t.lambda_end))
     learn.epoch_offset = done
     if done < total:
-        if num_distrib() > 1: ctx = learn.distrib_ctx(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
-        else: ctx = nullcontext()
-        with ctx: learn.fit(total - done)
-    best = run/'best' if (run/'best'/'model.safetensors').is_file() else None
-    return TrainResult(run_dir=run, best_dir=best, best_cider=keeper.best_cider if keeper.best_epoch else float('nan'),
+        ctx = learn.distrib_ctx(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)]) if num_distrib() > 1 else nullcontext()
+        with ctx: learn.fit(total - done, lr=np.array([t.lr_image_encoder or t.lr, t.lr]))  # φ's group first
+    best = r.path/'best' if (r.path/'best'/'model.safetensors').is_file() else None
+    return TrainResult(run_dir=r.path, best_dir=best, best_cider=keeper.best_cider if keeper.best_epoch else float('nan'),
                        best_epoch=keeper.best_epoch, epochs_done=len(keeper.history), history=keeper.history, resumed_from=done)
 
 def copy_config(cfg: ExperimentConfig) -> ExperimentConfig:
     "A deep copy of a configuration (through its JSON form)."
     return config_from_json(config_to_json(cfg))
 
-# %% ../nbs/api/08_train.ipynb #1077e851
+# %% ../nbs/api/08_train.ipynb #4f91e026
 def add_train_args(p: argparse.ArgumentParser, # the `diffvqa train` parser
                   ) -> None:
-    "Flags of `diffvqa train`."
+    "Flags of `diffvqa train`: the run's files, then one flag per `TrainConfig` field (from its definition)."
     p.add_argument('--data', type=Path, default=None, help='prepared cache (diffvqa prepare); on --resume, default: the run\'s')
     p.add_argument('--out', type=Path, default=None, help='run folder to create (must be empty or absent)')
     p.add_argument('--preset', default='tiny', help='tiny (CPU, minutes) or paper (the published configuration)')
-    p.add_argument('--epochs-frozen', type=int, default=None, help='stage 1 epochs, image encoder frozen (preset default)')
-    p.add_argument('--epochs-unfrozen', type=int, default=None, help='stage 2 epochs, everything trains (preset default)')
-    p.add_argument('--bs', type=int, default=None, help='training batch size')
-    p.add_argument('--bs-valid', type=int, default=None, help='validation batch size')
-    p.add_argument('--lr', type=float, default=None, help='AdamW learning rate')
-    p.add_argument('--grad-accum', type=int, default=None, help='batches per optimiser step')
-    p.add_argument('--question-types', nargs='+', default=None, metavar='TYPE', help=f'question types ({", ".join(QUESTION_TYPES)})')
-    p.add_argument('--val-subset', type=int, default=None, help='validation questions answered for CIDEr after each epoch')
+    p.add_argument('--pretrained', type=Path, default=None, metavar='DIR', help='start the encoders from a `diffvqa pretrain` folder')
     p.add_argument('--seed', type=int, default=None, help='the run\'s seed (default: the preset\'s, 42)')
     p.add_argument('--max-train-questions', type=int, default=None, help='train on a seeded sample of this many questions')
     p.add_argument('--resume', type=Path, default=None, metavar='RUN', help='continue the run in this folder')
     p.add_argument('--overwrite', action='store_true', help='replace an existing run folder given as --out')
     p.add_argument('--no-progress', action='store_true', help='no progress bars (one line per epoch)')
+    add_config_args(p.add_argument_group('training settings (TrainConfig; default: the preset\'s)'), TrainConfig)
 
 def run_train(args: argparse.Namespace, # parsed `diffvqa train` flags
              ) -> int:
     "Run `diffvqa train`; returns the exit status."
     if args.resume is None and (args.data is None or args.out is None):
         raise DiffVQAError('--data/--out: both are required to start a run (or give --resume RUN)')
-    res = train(args.data, args.out, preset=args.preset, epochs_frozen=args.epochs_frozen, epochs_unfrozen=args.epochs_unfrozen,
-                bs=args.bs, bs_valid=args.bs_valid, lr=args.lr, grad_accum=args.grad_accum, question_types=args.question_types,
-                val_subset=args.val_subset, seed=args.seed, max_train_questions=args.max_train_questions, resume=args.resume,
-                overwrite=args.overwrite, progress=not args.no_progress)
+    res = train(args.data, args.out, preset=args.preset, pretrained=args.pretrained, seed=args.seed,
+                max_train_questions=args.max_train_questions, resume=args.resume, overwrite=args.overwrite,
+                progress=not args.no_progress, **config_overrides(args, TrainConfig))
     best = f'best CIDEr {res.best_cider:.4f} at epoch {res.best_epoch} in {res.best_dir}' if res.best_dir else 'no best model (no finite CIDEr)'
     print(f'{res.run_dir}: {res.epochs_done} epochs done; {best}')
     return 0
