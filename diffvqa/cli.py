@@ -28,6 +28,7 @@ class Command:
 COMMANDS: tuple[Command, ...] = (
     Command('synth', 'diffvqa.synth', 'write a synthetic longitudinal chest X-ray benchmark in the release layout'),
     Command('prepare', 'diffvqa.data', 'validate a Medical-Diff-VQA tree and build the resized image cache'),
+    Command('pretrain', 'diffvqa.pretrain', 'pretrain the tiny preset\'s encoders on the training films (grounded, DINO, registration)'),
     Command('train', 'diffvqa.train', 'train the attention-consistent model in two stages (fastai)'),
     Command('evaluate', 'diffvqa.evaluate', 'answer a split with a trained run and score it as the field does'),
     Command('score', 'diffvqa.evaluate', "score any system's predictions CSV on the release's questions (same metrics)"),

@@ -113,6 +113,7 @@ class ModelConfig:
     image_summary_weights: str | None = None                 # local checkpoint of that readout (diffvqa pretrain)
     fusion_rank: int = 0                                     # >0: bilinear question-film fusion into the <ans> slot (not in the paper)
     mask_hidden: int = 256                                   # hidden width of the mask MLP g
+    encoder_teacher: bool = True                             # a frozen copy of φ (taken at stage 2) gives the mask/prediction targets
     registration_channels: int = 16                          # width of the registration CNN
     registration_weights: str | None = None                  # local checkpoint of the registration CNN (None: identity start)
     registration_max_rotation: float = 0.2                   # |rotation| bound of Θ in radians (≈ 11.5°)
@@ -134,7 +135,9 @@ class LossConfig:
     alpha_mask: float = 0.1    # mask consistency, main + ref
     alpha_pred: float = 0.1    # masked-to-unmasked prediction, main + ref
     alpha_gram: float = 0.1    # Gram consistency, full + masked
+    gram_stop_gradient: bool = True  # the reference visit's Gram matrix is a fixed target (φ cannot flatten both visits)
     alpha_koleo: float = 0.001 # KoLeo dispersion
+    alpha_changes: float = 0.0 # answer-structure term: the fusion predicts what a difference answer says changed (tiny only)
     koleo_eps: float = 1e-8    # ε inside the KoLeo log
 
 @dataclass
@@ -202,8 +205,8 @@ def _tiny() -> ExperimentConfig:
         tokenizer='bpe', bpe_vocab_size=512,
         text_layers=2, text_heads=4, projector_heads=4, image_position_embedding=True, image_summary=True, fusion_rank=256, mask_hidden=64, registration_channels=8,
         max_question_len=24, max_answer_len=48, dropout=0.0, pretrained=False)
-    train = TrainConfig(lr=1e-3, epochs_frozen=2, epochs_unfrozen=2, bs=16, bs_valid=32, val_subset=64, mixed_precision='no')
-    return ExperimentConfig(model=model, train=train, preset='tiny')
+    train = TrainConfig(lr=1e-3, epochs_frozen=2, epochs_unfrozen=2, bs=48, bs_valid=64, val_subset=64, mixed_precision='no', lambda_end=0.8)
+    return ExperimentConfig(model=model, loss=LossConfig(alpha_changes=1.0), train=train, preset='tiny')
 
 PRESETS: dict[str, Any] = {'paper': ExperimentConfig, 'tiny': _tiny}
 

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast
 
 from .core import DiffVQAError, ModelConfig, atomic_write, get_preset
-from .templates import (FINDINGS, QUESTION_TYPES, LevelChange, difference_answer, normalize_question,
+from .templates import (CHANGE_KINDS, FINDINGS, QUESTION_TYPES, change_targets, LevelChange, difference_answer, normalize_question,
                                parse_difference_answer, repair_difference_answer)
 from .tokenizer import load_tokenizer, train_bpe_tokenizer
 
@@ -777,6 +777,7 @@ class PairItem:
     aug: torch.Tensor           # [2, 3] float32 augmentation factors for main and ref (all 1: none)
     pair_id: int                # equal for items with the same images (main row, reference row or none)
     has_ref: bool               # False when the item is shown without its reference (single-visit training)
+    changes: torch.Tensor       # [3F] float: findings added, removed, changed in level by a difference answer (NaN for other types)
     question_ids: torch.Tensor  # [Lq] long
     answer_ids: torch.Tensor    # [La] long, ends with eos
     question_type: str          # one of QUESTION_TYPES
@@ -798,6 +799,7 @@ class PairBatch:
     answer_mask: torch.Tensor     # [B, La] long, 1 on tokens (eos included)
     pair_ids: torch.Tensor        # [B] long, equal for rows with the same images (the model encodes each pair once)
     has_ref: torch.Tensor         # [B] bool, False for rows shown without a reference
+    changes: torch.Tensor         # [B, 3F] float: what each difference answer says changed (NaN rows for other types)
     question_type: list[str]      # per row
     qid: list[int]                # per row: question row in the release CSV
     study_id: list[int]           # per row: main study
@@ -819,8 +821,8 @@ class PairBatch:
                 self.pair_ids, self.has_ref)
 
     def as_tuple(self) -> tuple[torch.Tensor, ...]:
-        "fastai form: the eight inputs then the target (answer ids)."
-        return (*self.inputs(), self.answer_ids)
+        "fastai form: the eight inputs then the targets (answer ids, change targets)."
+        return (*self.inputs(), self.answer_ids, self.changes)
 
 def _pad(seqs: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     L = max(len(s) for s in seqs)
@@ -843,16 +845,17 @@ def _collate_raw(items: list[PairItem], pad_id: int) -> tuple:
     a_ids, a_mask = _pad([it.answer_ids for it in items], pad_id)
     return (torch.stack([it.main for it in items]), torch.stack([it.ref for it in items]),
             q_ids, q_mask, a_ids, a_mask, torch.stack([it.aug for it in items]),
-            torch.tensor([it.pair_id for it in items], dtype=torch.long), torch.tensor([it.has_ref for it in items], dtype=torch.bool))
+            torch.tensor([it.pair_id for it in items], dtype=torch.long), torch.tensor([it.has_ref for it in items], dtype=torch.bool),
+            torch.stack([it.changes for it in items]))
 
 def collate_pairs(items: list[PairItem], # items from a PairDataset
                   pad_id: int, # the tokenizer's pad id
                  ) -> PairBatch:
     "Stack images (as float, augmented if the items say so) and right-pad token sequences into a PairBatch."
-    main, ref, q_ids, q_mask, a_ids, a_mask, aug, pair_ids, has_ref = _collate_raw(items, pad_id)
+    main, ref, q_ids, q_mask, a_ids, a_mask, aug, pair_ids, has_ref, changes = _collate_raw(items, pad_id)
     main, ref = to_float_images(main, ref, aug)
     return PairBatch(main=main, ref=ref, question_ids=q_ids, question_mask=q_mask, answer_ids=a_ids, answer_mask=a_mask,
-                     pair_ids=pair_ids, has_ref=has_ref,
+                     pair_ids=pair_ids, has_ref=has_ref, changes=changes,
                      **{k: [getattr(it, k) for it in items] for k in
                         ('question_type', 'qid', 'study_id', 'ref_id', 'subject_id', 'question', 'answer')})
 
@@ -889,6 +892,10 @@ class PairDataset(torch.utils.data.Dataset):
         self.a_tok = [np.append(a, self.eos_id) for a in a_tok]
         self.main_rows, self.ref_rows = self.q.main_row.to_numpy(), self.q.ref_row.to_numpy()
         self.n_rows = int(self.cache.meta['shape'][0])
+        nan = [[float('nan')] * len(FINDINGS)] * len(CHANGE_KINDS)
+        memo: dict[str, torch.Tensor] = {}
+        self.changes = [memo.setdefault(a, torch.tensor(change_targets(a)).flatten()) if t == 'difference' else torch.tensor(nan).flatten()
+                        for a, t in zip(self.q.answer, self.q.question_type)]
         self.info = {c: self.q[c].tolist() for c in ('question_type', 'qid', 'study_id', 'ref_id', 'subject_id', 'question', 'answer')}
 
     def __len__(self) -> int: return len(self.q)
@@ -916,7 +923,7 @@ class PairDataset(torch.utils.data.Dataset):
         img = lambda row: torch.from_numpy(self.cache.image(int(row)))[None]
         has_ref = self.has_reference(i)
         return PairItem(main=img(self.main_rows[i]), ref=img(self.ref_rows[i]), aug=self.factors(i),
-                        pair_id=self.pair_id(i, has_ref), has_ref=has_ref,
+                        pair_id=self.pair_id(i, has_ref), has_ref=has_ref, changes=self.changes[i],
                         question_ids=torch.from_numpy(self.q_tok[i]), answer_ids=torch.from_numpy(self.a_tok[i]),
                         **{k: v[i] for k, v in self.info.items()})
 
@@ -934,14 +941,14 @@ class PairDataLoader(DataLoader):
         keys = self.rng.sample(list(groups), len(groups))
         return [i for k in keys for i in self.rng.sample(groups[k], len(groups[k]))]
     def create_batch(self, b: list[PairItem]) -> tuple[torch.Tensor, ...]:
-        "uint8 images, padded tokens, augmentation factors, pair ids and reference flags (9 tensors)."
+        "uint8 images, padded tokens, augmentation factors, pair ids, reference flags and change targets (10 tensors)."
         return _collate_raw(b, self.dataset.pad_id)
     def retain(self, res, b): return res
     def after_batch(self, b: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        "On the batch's device: float images in [0, 1], augmented; returns the 9-tuple (8 inputs, target)."
-        main, ref, q_ids, q_mask, a_ids, a_mask, aug, pair_ids, has_ref = b
+        "On the batch's device: float images in [0, 1], augmented; returns the 10-tuple (8 inputs, then the two targets)."
+        main, ref, q_ids, q_mask, a_ids, a_mask, aug, pair_ids, has_ref, changes = b
         main, ref = to_float_images(main, ref, aug)
-        return main, ref, q_ids, q_mask, a_ids, a_mask, pair_ids, has_ref, a_ids
+        return main, ref, q_ids, q_mask, a_ids, a_mask, pair_ids, has_ref, a_ids, changes
 
 def get_dataloaders(cache: PairCache | str | Path, # a prepared cache
                     tokenizer: PreTrainedTokenizerFast, # from `get_tokenizer`
@@ -959,7 +966,7 @@ def get_dataloaders(cache: PairCache | str | Path, # a prepared cache
                     valid_split: str = 'val', # split to validate on
                     drop_reference: float = 0.0, # share of non-difference training questions shown without their reference
                    ) -> DataLoaders:
-    "fastai DataLoaders (train, valid) over the cache; batches are 9-tuples with n_inp=8."
+    "fastai DataLoaders (train, valid) over the cache; batches are 10-tuples with n_inp=8 (targets: answer ids, change targets)."
     cache = _as_cache(cache)
     kw = dict(question_types=question_types, max_question_len=max_question_len, max_answer_len=max_answer_len, seed=seed, aug=aug)
     train = PairDataset(cache, tokenizer, train_split, augment=augment, drop_reference=drop_reference, **kw)

@@ -14,26 +14,34 @@ from typing import Any
 
 import numpy as np
 
-from .core import DiffVQAError, atomic_write, get_preset
+from .core import DiffVQAError, PretrainConfig, add_config_args, apply_overrides, atomic_write, config_overrides, get_preset
+from .evaluate import learning_summary
 from .templates import QUESTION_TYPES
 
 # %% auto #0
-__all__ = ['DemoConfig', 'DemoResult', 'write_report', 'demo', 'add_demo_args', 'run_demo']
+__all__ = ['DemoConfig', 'DemoResult', 'targets_table', 'write_report', 'demo', 'add_demo_args', 'run_demo']
 
 # %% ../nbs/api/12_demo.ipynb #5cf13ea2
 @dataclass
 class DemoConfig:
-    "Sizes of the demo run (defaults fit about 15 minutes on 2 CPU cores)."
-    n_pairs: int = 600                  # synthetic (reference, main) pairs
+    "Sizes of the demo run (defaults fit about 15 minutes on 2 CPU cores, install included)."
+    n_pairs: int = 800                  # synthetic (reference, main) pairs
     seed: int = 0                       # seed of data and training
-    epochs_frozen: int = 2              # stage 1 epochs
-    epochs_unfrozen: int = 2            # stage 2 epochs
+    pretrain_epochs: int = 15           # image-encoder epochs of `diffvqa pretrain` (the other parts scale with it)
+    epochs_frozen: int = 5              # stage 1 epochs
+    epochs_unfrozen: int = 3            # stage 2 epochs
     question_types: tuple[str, ...] = QUESTION_TYPES  # train and test on every type (difference is the headline)
-    max_train_questions: int | None = 4000  # cap on training questions per epoch (None: all)
+    max_train_questions: int | None = None  # cap on training questions per epoch (None: all)
     val_subset: int = 64                # validation questions answered for CIDEr each epoch
-    test_limit: int | None = 400        # test questions answered (None: all)
+    test_limit: int | None = None       # test questions answered (None: all)
     n_overlays: int = 4                 # test pairs drawn with their mask
     workers: int = 2                    # synth / prepare processes
+
+    def pretrain_config(self) -> PretrainConfig:
+        "The `diffvqa pretrain` settings of the demo: the encoder's epochs as given, the prior and registration in proportion."
+        e = self.pretrain_epochs
+        return PretrainConfig(epochs=e, prior_grounded_epochs=max(1, e // 2), epochs_prior=max(1, e // 5),
+                              epochs_registration=max(1, 2 * e // 3), seed=self.seed)
 
 @dataclass
 class DemoResult:
@@ -69,19 +77,39 @@ def _overlay_figures(out: Path, cache: Any, masks: dict, predictions: Any, n: in
 def _registration_figure(out: Path, run: Path, cache: Any, predictions: Any) -> str | None:
     "Registration before/after on the first test difference pair; return the relative path."
     import torch
-    from diffvqa.predict import load_model
+    from diffvqa.model import DiffVQA
     from diffvqa.visualize import show_registration
     d = predictions[predictions.question_type == 'difference']
     if d.empty: return None
     r = d.iloc[0]
     row = cache.questions.set_index(['study_id', 'ref_id']).loc[(int(r.study_id), int(r.ref_id))]
     row = row.iloc[0] if row.ndim > 1 else row
-    model, _ = load_model(run)
+    model = DiffVQA.from_run(run)
     t = lambda i: torch.from_numpy(cache.image(int(i))).float().div(255)[None, None]
     with torch.no_grad(): reg = model.registration(t(row.main_row), t(row.ref_row))
     rel = 'figures/registration.png'
     show_registration(t(row.main_row)[0, 0].numpy(), t(row.ref_row)[0, 0].numpy(), warped=reg.registered[0, 0].numpy(), save=out/rel)
     return rel
+
+def _f(v: Any) -> str: return f'{v:.3f}' if isinstance(v, (int, float)) else str(v)
+
+def targets_table(metrics: dict[str, Any], # from `evaluate_run`
+                 ) -> list[str]:
+    "Markdown lines: does the model read the films (own vs another pair's vs blank), registration and mask vs baselines."
+    s = learning_summary(metrics)
+    lines = ['| question type (closed: exact match) | own films | another pair\'s films | blank films |', '|---|---|---|---|']
+    lines += [f'| {t} | {_f(v["own"])} | {_f(v["other"])} | {_f(v["blank"])} |' for t, v in s['closed_accuracy'].items()]
+    d = s['difference_f1']
+    lines += [f'| difference (finding F1) | {_f(d["own"])} | {_f(d["other"])} | {_f(d["blank"])} |', '']
+    if 'registration' in s:
+        r = s['registration']
+        lines += [f'Registration against the true pose ({r["n_pairs"]} test pairs): mean corner error {r["corner_error_px"]:.2f} px '
+                  f'against {r["corner_error_unregistered_px"]:.2f} px with no registration (ratio {r["ratio"]:.2f}); det A from '
+                  f'{r["det_min"]:.3f} to {r["det_max"]:.3f} (median {r["det_median"]:.3f}).', '']
+    if 'mask' in s:
+        lines += ['| mask (against the change masks) | pointing game | chance | AUROC |', '|---|---|---|---|']
+        lines += [f'| {p} | {_f(v["pointing_game"])} | {_f(v["chance_pointing_game"])} | {_f(v["auroc"])} |' for p, v in s['mask'].items()]
+    return lines
 
 def write_report(out: str | Path, # the demo folder
                  run: str | Path, # the training run
@@ -89,9 +117,9 @@ def write_report(out: str | Path, # the demo folder
                  evaluation: Any, # an EvaluationResult from `evaluate_run`
                  seconds: dict[str, float], # wall time per step
                  config: DemoConfig, # what the demo ran
-                 summary: dict[str, Any] | None = None, # extra facts (counts)
+                 summary: dict[str, Any] | None = None, # extra facts (counts, pretraining report)
                 ) -> Path:
-    "Write report.md with the metric tables, the baseline and the figures; return its path."
+    "Write report.md with the does-it-read table, the metric tables, the baseline and the figures; return its path."
     from diffvqa.visualize import plot_metric_bars, plot_training_curves
     out, run = Path(out), Path(run)
     (out/'figures').mkdir(parents=True, exist_ok=True)
@@ -101,22 +129,25 @@ def write_report(out: str | Path, # the demo folder
     plot_training_curves(run, save=out/'figures/training_curves.png')
     overlays = _overlay_figures(out, cache, evaluation.masks, evaluation.predictions, config.n_overlays)
     reg = _registration_figure(out, run, cache, evaluation.predictions)
-    h, b, c = m['headline'], m['baseline']['headline'], m['image_control']['headline']
     keys = ('BLEU-1', 'BLEU-4', 'METEOR', 'ROUGE-L', 'CIDEr')
-    cells = lambda d: ' | '.join(f'{d.get(k, float("nan")):.3f}' for k in keys)
+    cells = lambda d: ' | '.join(f'{(d or {}).get(k, float("nan")):.3f}' for k in keys)
+    head = lambda k: (m.get(k) or {}).get('headline')
     lines = ['# diffvqa demo report', '',
-             'Synthetic longitudinal chest X-ray pairs rendered from a real CT -> cache -> `tiny` preset trained in two '
-             'stages on 2 CPU cores -> evaluation on the test split. These numbers are on synthetic data and are **not** '
-             'comparable with results published on MIMIC (the last table shows those for orientation only).', '',
+             'Synthetic longitudinal chest X-ray pairs rendered from a real CT -> cache -> encoders pretrained on the '
+             'training films -> `tiny` preset trained in two stages on 2 CPU cores -> evaluation on the test split. '
+             'These numbers are on synthetic data and are **not** comparable with results published on MIMIC (the last '
+             'table shows those for orientation only).', '',
+             '## Does the model read the films?', '',
+             'Every test question answered three ways: with its own films, with another pair\'s films (image control) and '
+             'with blank films (question only). A model that reads the films does better with its own.', '',
+             *targets_table(m), '',
              '## What ran', '',
              '| step | seconds |', '|---|---|', *[f'| {k} | {v:.0f} |' for k, v in seconds.items()], '',
              '```json', json.dumps({'demo': asdict(config), **(summary or {})}, indent=1, default=str), '```', '',
              '## Headline: difference questions of the test split', '',
              '| | ' + ' | '.join(keys) + ' |', '|---|---|---|---|---|---|',
-             f'| model | {cells(h)} |', f'| model, each question answered with the images of another pair | {cells(c)} |',
-             f'| most-frequent-answer baseline | {cells(b)} |', '',
-             'The middle row is a control: when the scores do not drop with another pair\'s films, the model is answering '
-             'from the question alone (see "Image control" below for every question type).', '',
+             f'| model | {cells(m["headline"])} |', f'| model, with another pair\'s films | {cells(head("image_control"))} |',
+             f'| model, with blank films | {cells(head("question_only"))} |', f'| most-frequent-answer baseline | {cells(head("baseline"))} |', '',
              '![metrics by type](figures/metrics_by_type.png)', '', '![CIDEr by type](figures/cider_by_type.png)', '',
              '## Training', '', '![training curves](figures/training_curves.png)', '']
     if overlays:
@@ -133,9 +164,10 @@ def demo(out: str | Path = 'demo_out', # folder for data, cache, run, evaluation
          config: DemoConfig | None = None, # sizes (default: DemoConfig())
          progress: bool = True, # progress bars
         ) -> DemoResult:
-    "synth -> prepare -> train (tiny, both stages) -> evaluate (test) -> report.md, on CPU."
+    "synth -> prepare -> pretrain (cached) -> train (tiny, both stages) -> evaluate (test, with controls) -> report.md, on CPU."
     from diffvqa.data import PairCache, prepare
     from diffvqa.evaluate import evaluate_run
+    from diffvqa.pretrain import cached_pretrain
     from diffvqa.synth import synthesize
     from diffvqa.train import train
     cfg, out = config or DemoConfig(), Path(out)
@@ -148,20 +180,25 @@ def demo(out: str | Path = 'demo_out', # folder for data, cache, run, evaluation
         seconds[name] = time.time()
     def done(name: str): seconds[name] = time.time() - seconds[name]
     step('synth')
-    syn = synthesize(out/'data', cfg.n_pairs, size=size, seed=cfg.seed, workers=cfg.workers, overwrite=True, progress=progress)
+    synthesize(out/'data', cfg.n_pairs, size=size, seed=cfg.seed, workers=cfg.workers, overwrite=True, progress=progress)
     done('synth'); step('prepare')
     cache = prepare(out/'data', out/'cache', size=size, workers=cfg.workers, progress=progress)
-    done('prepare'); step('train')
-    res = train(cache, out/'run', preset='tiny', epochs_frozen=cfg.epochs_frozen, epochs_unfrozen=cfg.epochs_unfrozen,
-                question_types=cfg.question_types, val_subset=cfg.val_subset, seed=cfg.seed,
-                max_train_questions=cfg.max_train_questions, overwrite=True, progress=progress)
+    done('prepare'); step('pretrain')
+    pre, reused = cached_pretrain(cache, 'tiny', cfg.pretrain_config(), progress=progress)
+    if reused: print(f'[demo] pretrain: reusing {pre} (same training films and settings)', flush=True)
+    done('pretrain'); step('train')
+    res = train(cache, out/'run', preset='tiny', pretrained=pre, seed=cfg.seed, max_train_questions=cfg.max_train_questions,
+                overwrite=True, progress=progress, epochs_frozen=cfg.epochs_frozen, epochs_unfrozen=cfg.epochs_unfrozen,
+                question_types=cfg.question_types, val_subset=cfg.val_subset)
     done('train'); step('evaluate')
     ev = evaluate_run(out/'run', cache, split='test', question_types=cfg.question_types, out=out/'eval'/'metrics.json',
-                      limit=cfg.test_limit, device='cpu', image_control=True, progress=progress)
+                      limit=cfg.test_limit, device='cpu', progress=progress)
     done('evaluate'); step('report')
     pc = PairCache(cache)
+    info = json.loads((Path(pre)/'pretrained.json').read_text())
     summary = dict(pairs=cfg.n_pairs, questions={s: int((pc.questions.split == s).sum()) for s in ('train', 'val', 'test')},
-                   best_epoch=res.best_epoch, best_val_cider=res.best_cider)
+                   best_epoch=res.best_epoch, best_val_cider=res.best_cider, pretrained=str(pre), pretrain_reused=reused,
+                   pretrain_report=info['report'])
     report = write_report(out, out/'run', pc, ev, seconds | {'report': 0.0}, cfg, summary)
     done('report')
     atomic_write(report, report.read_text().replace('| report | 0 |', f'| report | {seconds["report"]:.0f} |'))
@@ -170,29 +207,19 @@ def demo(out: str | Path = 'demo_out', # folder for data, cache, run, evaluation
 # %% ../nbs/api/12_demo.ipynb #48798cdd
 def add_demo_args(p: argparse.ArgumentParser, # the `diffvqa demo` parser
                  ) -> None:
-    "Flags of `diffvqa demo`."
-    d = DemoConfig()
+    "Flags of `diffvqa demo`: `--out`, then one per `DemoConfig` field."
     p.add_argument('--out', default='demo_out', help='folder for everything the demo writes (default demo_out)')
-    p.add_argument('--n-pairs', type=int, default=d.n_pairs, help=f'synthetic pairs (default {d.n_pairs})')
-    p.add_argument('--seed', type=int, default=d.seed, help='seed of data and training')
-    p.add_argument('--epochs-frozen', type=int, default=d.epochs_frozen, help='stage 1 epochs')
-    p.add_argument('--epochs-unfrozen', type=int, default=d.epochs_unfrozen, help='stage 2 epochs')
-    p.add_argument('--max-train-questions', type=int, default=d.max_train_questions, help='training questions per epoch')
-    p.add_argument('--val-subset', type=int, default=d.val_subset, help='validation questions answered per epoch')
-    p.add_argument('--test-limit', type=int, default=d.test_limit, help='test questions answered (0: all)')
-    p.add_argument('--question-types', nargs='+', default=list(d.question_types), choices=QUESTION_TYPES, metavar='TYPE',
-                   help='question types to train and test on (default: all seven)')
-    p.add_argument('--workers', type=int, default=d.workers, help='synth / prepare processes')
+    add_config_args(p, DemoConfig)
 
 def run_demo(args: argparse.Namespace, # parsed `diffvqa demo` flags
             ) -> int:
     "Run `diffvqa demo` and print where the report is."
-    for flag in ('n_pairs', 'epochs_frozen', 'epochs_unfrozen', 'val_subset', 'workers'):
-        if getattr(args, flag) < (0 if flag.startswith('epochs') else 1):
-            raise DiffVQAError(f"--{flag.replace('_', '-')}: must be positive, not {getattr(args, flag)}")
-    cfg = DemoConfig(n_pairs=args.n_pairs, seed=args.seed, epochs_frozen=args.epochs_frozen, epochs_unfrozen=args.epochs_unfrozen,
-                     max_train_questions=args.max_train_questions or None, val_subset=args.val_subset,
-                     test_limit=args.test_limit or None, workers=args.workers, question_types=tuple(args.question_types))
+    cfg = apply_overrides(DemoConfig(), config_overrides(args, DemoConfig))
+    for flag in ('n_pairs', 'pretrain_epochs', 'epochs_frozen', 'epochs_unfrozen', 'val_subset', 'workers'):
+        if getattr(cfg, flag) < (0 if flag.startswith('epochs') else 1):
+            raise DiffVQAError(f"--{flag.replace('_', '-')}: must be positive, not {getattr(cfg, flag)}")
+    bad = sorted(set(cfg.question_types) - set(QUESTION_TYPES))
+    if bad: raise DiffVQAError(f"--question-types: unknown {bad} (choose from {', '.join(QUESTION_TYPES)})")
     r = demo(args.out, cfg)
     h = r.metrics['headline']
     print('difference questions (test): ' + ', '.join(f'{k} {h[k]:.3f}' for k in ('BLEU-1', 'METEOR', 'ROUGE-L', 'CIDEr') if k in h))

@@ -27,10 +27,11 @@ from .templates import CLOSED_ANSWERS, FINDINGS, QUESTION_TYPES, normalize_answe
 __all__ = ['CAPTION_METRICS', 'REQUIRED_COLUMNS', 'PUBLISHED_DIFFERENCE_RESULTS', 'IMAGE_SOURCES', 'TRIPLE_KEY', 'ptb_tokenize',
            'meteor_scorer', 'close_meteor', 'score_tokenized', 'caption_metrics', 'difference_scores',
            'evaluate_predictions', 'dilate', 'auroc', 'localisation_scores', 'localisation_metrics',
-           'fit_majority_baseline', 'majority_baseline_predictions', 'baseline_metrics', 'metrics_markdown',
-           'write_metrics', 'EvaluationResult', 'generate_answers', 'long_questions', 'evaluate_run',
-           'add_evaluate_args', 'run_evaluate', 'read_predictions', 'read_score_questions', 'match_predictions',
-           'score_predictions', 'add_score_args', 'run_score']
+           'registration_metrics', 'ground_truth_metrics', 'learning_summary', 'fit_majority_baseline',
+           'majority_baseline_predictions', 'baseline_metrics', 'metrics_markdown', 'write_metrics', 'EvaluationResult',
+           'generate_answers', 'long_questions', 'evaluate_run', 'add_evaluate_args', 'run_evaluate',
+           'read_predictions', 'read_score_questions', 'match_predictions', 'score_predictions', 'add_score_args',
+           'run_score']
 
 # %% ../nbs/api/09_evaluate.ipynb #754bd36a
 CAPTION_METRICS: tuple[str, ...] = ('BLEU-1', 'BLEU-2', 'BLEU-3', 'BLEU-4', 'METEOR', 'ROUGE-L', 'CIDEr')
@@ -268,6 +269,57 @@ def localisation_metrics(masks: Sequence[Any], # one [H,W] mask per pair
             'pointing_game': mean('pointing_game'), 'mass_inside': mean('mass_inside'), 'auroc': mean('auroc'),
             'chance_pointing_game': mean('gt_area_dilated'), 'chance_mass_inside': mean('gt_area')}
 
+# %% ../nbs/api/09_evaluate.ipynb #d7fbb35d
+def registration_metrics(thetas: Sequence[Any], # predicted Θ [2,3] per pair (reference grid -> main, normalised)
+                         true_thetas: Sequence[Any], # true Θ [2,3] per pair
+                         size: int, # image side in pixels
+                        ) -> dict[str, float]:
+    "Mean corner error (pixels) with and without registration, their ratio, and det A of the predictions."
+    import torch
+    from diffvqa.registration import corner_error
+    th = torch.as_tensor(np.stack([_as_numpy(t) for t in thetas]), dtype=torch.float64)
+    tt = torch.as_tensor(np.stack([_as_numpy(t) for t in true_thetas]), dtype=torch.float64)
+    err, err0 = corner_error(th, tt, size), corner_error(torch.eye(2, 3, dtype=torch.float64).expand(len(tt), 2, 3), tt, size)
+    det = torch.linalg.det(th[:, :, :2])
+    return dict(n_pairs=len(th), corner_error_px=float(err.mean()), corner_error_unregistered_px=float(err0.mean()),
+                ratio=float(err.mean() / err0.mean()) if float(err0.mean()) > 0 else float('nan'),
+                det_min=float(det.min()), det_median=float(det.median()), det_max=float(det.max()),
+                det_in_0_8_1_25=float(((det >= 0.8) & (det <= 1.25)).double().mean()))
+
+def ground_truth_metrics(cache: Any, # the PairCache evaluated
+                         maps: dict[tuple[int, int], dict[str, Any]], # from `generate_answers`
+                         tolerance: int = 0, # pointing-game tolerance in pixels
+                        ) -> dict[str, Any]:
+    "Localisation of M, U and F against the change masks, and registration against the true pose, where the data has them."
+    from diffvqa.groundtruth import load_ground_truth, true_theta
+    out: dict[str, Any] = {}
+    gts = {k: cache.change_mask(*k) for k in maps}
+    have = [k for k, g in gts.items() if g is not None]
+    if have:
+        loc = lambda part: localisation_metrics([maps[k][part] for k in have], [gts[k] for k in have], tolerance=tolerance)
+        out['localisation'] = loc('M')
+        out['localisation_parts'] = {p: loc(p) for p in ('U', 'F') if all(p in maps[k] for k in have)}
+    gt = load_ground_truth(cache)
+    keys = [k for k in maps if 'theta' in maps[k] and gt is not None and k in gt.pairs.index]
+    if keys: out['registration'] = registration_metrics([maps[k]['theta'] for k in keys], [true_theta(gt, *k) for k in keys], cache.size)
+    return out
+
+# %% ../nbs/api/09_evaluate.ipynb #a5cd5560
+def learning_summary(metrics: dict[str, Any], # from `evaluate_run` (with its controls)
+                    ) -> dict[str, Any]:
+    "Own films vs another pair's vs blank, per closed type and for the difference F1; registration and mask vs their baselines."
+    rows = {'own': metrics, 'other': metrics.get('image_control'), 'blank': metrics.get('question_only')}
+    acc = lambda m, t: (m or {}).get('closed', {}).get('by_type', {}).get(t, {}).get('accuracy', float('nan'))
+    f1 = lambda m: ((m or {}).get('difference_findings') or {}).get('all', {}).get('f1', float('nan'))
+    types = list(metrics.get('closed', {}).get('by_type', {}))
+    out: dict[str, Any] = {'closed_accuracy': {t: {k: acc(m, t) for k, m in rows.items()} for t in types},
+                           'difference_f1': {k: f1(m) for k, m in rows.items()}}
+    if 'registration' in metrics: out['registration'] = metrics['registration']
+    loc = metrics.get('localisation')
+    if loc: out['mask'] = {p: {k: v[k] for k in ('pointing_game', 'chance_pointing_game', 'auroc')}
+                           for p, v in [('M', loc), *metrics.get('localisation_parts', {}).items()]}
+    return out
+
 # %% ../nbs/api/09_evaluate.ipynb #b4f1bc1d
 def _most_frequent(answers: pd.Series) -> str:
     counts = answers.value_counts()
@@ -372,6 +424,24 @@ def _difference_section(metrics: dict[str, Any], # with difference_findings (and
             f'{d.get("n_reference_unknown_findings", 0)} in references{_names(d.get("reference_unknown_findings", {}))}.'
             + (f' Baseline F1 (all items): {_f(base["difference_findings"]["all"]["f1"])}.' if base and base.get('difference_findings') else '')]
 
+def _ground_truth_section(metrics: dict[str, Any]) -> list[str]:
+    "Markdown: localisation of M (and U, F) and the registration against the synthetic ground truth."
+    out, loc, reg = [], metrics.get('localisation'), metrics.get('registration')
+    if loc:
+        parts = [('M (the shared mask)', loc)] + [(f'{p} ({"DINO prior" if p == "U" else "adaptive mask"})', v)
+                                                  for p, v in metrics.get('localisation_parts', {}).items()]
+        out += ['', '## Mask localisation (synthetic ground truth)\n',
+                _table(['map', 'pairs', 'skipped (no change)', 'pointing game', 'chance', 'mass inside', 'chance', 'AUROC'],
+                       [[name, v['n_pairs'], v['n_skipped_empty'], v['pointing_game'], v['chance_pointing_game'],
+                         v['mass_inside'], v['chance_mass_inside'], v['auroc']] for name, v in parts]),
+                f'\nPointing-game tolerance: {loc["tolerance"]} px. Chance: a flat mask.']
+    if reg:
+        out += ['', '## Registration against the true pose (synthetic ground truth)\n',
+                _table(['pairs', 'corner error (px)', 'no registration (px)', 'ratio', 'det A min', 'median', 'max', 'share in [0.8, 1.25]'],
+                       [[reg['n_pairs'], reg['corner_error_px'], reg['corner_error_unregistered_px'], reg['ratio'],
+                         reg['det_min'], reg['det_median'], reg['det_max'], reg['det_in_0_8_1_25']]])]
+    return out
+
 def metrics_markdown(metrics: dict[str, Any], # from `evaluate_predictions` (+ baseline, controls, localisation, data)
                     ) -> str:
     "The metrics as a Markdown report, with the published real-data numbers in a separate, labelled table."
@@ -400,13 +470,7 @@ def metrics_markdown(metrics: dict[str, Any], # from `evaluate_predictions` (+ b
                     for t, v in c['by_type'].items()] +
                    [['all', c['n'], c['accuracy'], *([base['closed']['accuracy']] if base else [])]])]
     out += _image_use_section(metrics) + _difference_section(metrics)
-    loc = metrics.get('localisation')
-    if loc:
-        out += ['', '## Mask localisation (synthetic ground truth)\n',
-                _table(['pairs', 'skipped (no change)', 'pointing game', 'chance', 'mass inside', 'chance', 'AUROC'],
-                       [[loc['n_pairs'], loc['n_skipped_empty'], loc['pointing_game'], loc['chance_pointing_game'],
-                         loc['mass_inside'], loc['chance_mass_inside'], loc['auroc']]]),
-                f'\nPointing-game tolerance: {loc["tolerance"]} px. Chance: a flat mask.']
+    out += _ground_truth_section(metrics)
     out += ['', '## Published results (from the papers, real data)\n',
             'The numbers each paper reports on the **real** Medical-Diff-VQA test split (difference questions); they were '
             'not computed here. Ours above are comparable with them only when computed on that same split; numbers on '
@@ -437,7 +501,12 @@ class EvaluationResult:
     metrics: dict[str, Any]              # as written to metrics.json
     predictions: pd.DataFrame            # one row per question
     paths: dict[str, Path]               # metrics.json / metrics.md / predictions.csv
-    masks: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)  # (study_id, ref_id) -> M [S,S] of difference pairs
+    maps: dict[tuple[int, int], dict[str, np.ndarray]] = field(default_factory=dict)  # (study_id, ref_id) -> M, U, F [S,S] and theta [2,3] of each pair
+
+    @property
+    def masks(self) -> dict[tuple[int, int], np.ndarray]:
+        "(study_id, ref_id) -> the shared mask M [S,S] of each pair."
+        return {k: v['M'] for k, v in self.maps.items()}
 
 def _run_question_types(run: Path) -> tuple[str, ...] | None:
     "The question types a run was trained on (None when the run has no config)."
@@ -460,8 +529,8 @@ def generate_answers(model: Any, # a DiffVQA in eval mode
                      progress: bool = True, # show a progress bar
                      images: str = 'own', # 'own' films, 'other': another pair's (image control), 'blank': all zero (question only)
                      seed: int = 0, # which other pair, for images='other'
-                    ) -> tuple[pd.DataFrame, dict[tuple[int, int], np.ndarray]]:
-    "Answer a split; return one row per question and the mask M [S,S] of each difference pair."
+                    ) -> tuple[pd.DataFrame, dict[tuple[int, int], dict[str, np.ndarray]]]:
+    "Answer a split; return one row per question and, per pair, its maps M, U, F [S,S] and registration theta [2,3]."
     import torch
     from tqdm.auto import tqdm
     from diffvqa.data import PairCache, iter_split
@@ -473,7 +542,7 @@ def generate_answers(model: Any, # a DiffVQA in eval mode
         raise DiffVQAError(f'{cache.path}: images are {cache.size}px but the model takes {cfg.image_size}px (prepare with --size {cfg.image_size})')
     n = len(cache.select(split, question_types))
     n = n if limit is None else min(n, limit)
-    rows, masks = [], {}
+    rows, maps = [], {}
     bar = tqdm(total=n, desc=f'answering {split} ({images} films)', disable=not progress, leave=False)
     with torch.inference_mode():
         for b in iter_split(cache, model.tokenizer, split, question_types, bs=bs, limit=limit,
@@ -486,11 +555,12 @@ def generate_answers(model: Any, # a DiffVQA in eval mode
                 rows.append(dict(qid=b.qid[i], subject_id=b.subject_id[i], study_id=b.study_id[i], ref_id=b.ref_id[i],
                                  question_type=b.question_type[i], question=b.question[i], answer=b.answer[i],
                                  prediction=g.texts[i]))
-                if b.question_type[i] == 'difference':
-                    masks[(b.study_id[i], b.ref_id[i])] = g.M[i, 0].float().cpu().numpy()
+                key = (b.study_id[i], b.ref_id[i])
+                if key not in maps:
+                    maps[key] = {k: getattr(g, k)[i, 0].float().cpu().numpy() for k in ('M', 'U', 'F')} | {'theta': g.theta[i].float().cpu().numpy()}
             bar.update(len(b))
     bar.close()
-    return pd.DataFrame(rows), masks
+    return pd.DataFrame(rows), maps
 
 def _other_pair(cache: Any, split: str, question_types: Sequence[str] | None, seed: int) -> dict[tuple[int, int], tuple[int, int]]:
     "Map each (study_id, ref_id) of the selection to the (main_row, ref_row) of a different pair (a seeded cyclic shift)."
@@ -570,16 +640,17 @@ def evaluate_run(run: str | Path, # a run folder (RUN/best is used) or a save_pr
     import time
     import torch
     from diffvqa.data import PairCache
-    from diffvqa.predict import load_model
+    from diffvqa.model import DiffVQA
     device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
-    model, model_path = load_model(Path(run), device=device)
+    model = DiffVQA.from_run(run, device=device)
+    model_path = model.source
     if isinstance(question_types, str):
         if question_types != 'run': raise DiffVQAError(f"question_types: expected 'run', None or a list, not {question_types!r}")
         question_types = _run_question_types(Path(model_path)) or ('difference',)
     cache = PairCache(data)
     kw = dict(split=split, question_types=question_types, bs=bs, num_beams=num_beams, limit=limit, progress=progress)
     t0 = time.time()
-    df, masks = generate_answers(model, cache, **kw)
+    df, maps = generate_answers(model, cache, **kw)
     seconds = time.time() - t0
     if df.empty: raise DiffVQAError(f'{data}: no questions to answer in split {split!r}')
     cut = _warn_long(df, model)
@@ -587,9 +658,7 @@ def evaluate_run(run: str | Path, # a run folder (RUN/best is used) or a save_pr
     metrics['baseline'] = baseline_metrics(cache.select('train', question_types), df)
     t1 = time.time()
     _answer_controls(model, cache, df, metrics, kw, image_control, question_only)
-    gts = {k: cache.change_mask(*k) for k in masks}
-    have = [k for k, g in gts.items() if g is not None]
-    if have: metrics['localisation'] = localisation_metrics([masks[k] for k in have], [gts[k] for k in have], tolerance=tolerance)
+    metrics |= ground_truth_metrics(cache, maps, tolerance)
     metrics['questions_truncated'] = cut
     metrics['data'] = f'{cache.path} ({split} split, {len(df)} questions, {cache.size}px)'
     metrics['run'] = dict(model=model_path, split=split, question_types=list(question_types) if question_types else None,
@@ -600,7 +669,7 @@ def evaluate_run(run: str | Path, # a run folder (RUN/best is used) or a save_pr
     paths = write_metrics(_metrics_paths(out), metrics, df)
     if out.suffix == '.json' and out.name != 'metrics.json':
         paths['json'] = Path(shutil.move(str(paths['json']), str(out)))
-    return EvaluationResult(metrics=metrics, predictions=df, paths=paths, masks=masks)
+    return EvaluationResult(metrics=metrics, predictions=df, paths=paths, maps=maps)
 
 # %% ../nbs/api/09_evaluate.ipynb #088735d1
 def _parse_types(names: list[str] | None, # --question-types as given

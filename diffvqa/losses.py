@@ -17,7 +17,7 @@ from .registration import registration_loss, similarity_loss
 
 # %% auto #0
 __all__ = ['LOSS_TERMS', 'answer_mask_from', 'lm_loss', 'mask_to_tokens', 'mask_consistency_loss', 'prediction_loss',
-           'gram_matrix', 'gram_loss', 'koleo_loss', 'DiffVQALoss']
+           'gram_matrix', 'gram_loss', 'koleo_loss', 'change_loss', 'DiffVQALoss']
 
 # %% ../nbs/api/07_losses.ipynb #68ecb741
 def answer_mask_from(answer_ids: Tensor, # [B,L] answer tokens, right-padded
@@ -129,7 +129,15 @@ def koleo_loss(z: Tensor, # [B,D] one embedding per sample
     return -torch.log(nearest + eps).mean()
 
 # %% ../nbs/api/07_losses.ipynb #9ee03019
-LOSS_TERMS: tuple[str, ...] = ('lm', 'reg', 'mask_main', 'mask_ref', 'pred_main', 'pred_ref', 'gram', 'gram_mask', 'koleo')
+LOSS_TERMS: tuple[str, ...] = ('lm', 'reg', 'mask_main', 'mask_ref', 'pred_main', 'pred_ref', 'gram', 'gram_mask', 'koleo', 'changes')
+
+def change_loss(logits: Tensor, # [B,3F] the model's change scores
+                targets: Tensor, # [B,3F] 0/1 from the difference answers; NaN rows for other questions
+               ) -> Tensor:
+    "Binary cross-entropy over the rows whose targets are known (difference questions); 0 when there are none."
+    keep = torch.isfinite(targets).all(dim=1)
+    if not bool(keep.any()): return logits.sum() * 0
+    return F.binary_cross_entropy_with_logits(logits[keep].float(), targets[keep].float())
 
 class DiffVQALoss:
     "The total objective of eq. 18, configured by a `LossConfig`; keeps every term of the last call for logging."
@@ -149,7 +157,7 @@ class DiffVQALoss:
         "The weight of each term in the total."
         c = self.cfg
         return dict(lm=1., reg=1., mask_main=c.alpha_mask, mask_ref=c.alpha_mask, pred_main=c.alpha_pred,
-                    pred_ref=c.alpha_pred, gram=c.alpha_gram, gram_mask=c.alpha_gram, koleo=c.alpha_koleo)
+                    pred_ref=c.alpha_pred, gram=c.alpha_gram, gram_mask=c.alpha_gram, koleo=c.alpha_koleo, changes=c.alpha_changes)
 
     def _reg(self, out: Any) -> Tensor | None:
         theta = getattr(out, 'theta', None)
@@ -163,23 +171,30 @@ class DiffVQALoss:
             reg = reg + c.w_similarity * similarity_loss(registered, ref)
         return reg
 
-    def _term(self, name: str, out: Any, answer_ids: Tensor, answer_mask: Tensor | None) -> Tensor | None:
+    def _target(self, out: Any, visit: str) -> Tensor | None:
+        "The whole-film tokens the mask and prediction terms aim at: the model's teacher targets when it gives them."
+        t = getattr(out, f'f_{visit}_target', None)
+        return t if t is not None else getattr(out, f'f_{visit}', None)
+
+    def _term(self, name: str, out: Any, answer_ids: Tensor, answer_mask: Tensor | None, changes: Tensor | None = None) -> Tensor | None:
         g = lambda k: getattr(out, k, None)
         if name == 'lm': return lm_loss(out.logits, answer_ids, answer_mask, self.pad_id)
+        if name == 'changes': return None if changes is None or g('change_logits') is None else change_loss(out.change_logits, changes)
         if name == 'reg': return self._reg(out)
         if name in ('mask_main', 'mask_ref'):
-            f_mask, f, m = g(name.replace('mask_', 'f_mask_')), g(name.replace('mask_', 'f_')), g('M_tokens')
+            f_mask, f, m = g(name.replace('mask_', 'f_mask_')), self._target(out, name.replace('mask_', '')), g('M_tokens')
             if m is None and g('M') is not None: m = mask_to_tokens(g('M'), f.shape[1], self.grid or g('grid'))
             if f_mask is None or f is None or m is None: return None
             return mask_consistency_loss(f_mask, f, m, self.detach_targets, self.reduction)
         if name in ('pred_main', 'pred_ref'):
-            f_pred, f = g(name.replace('pred_', 'f_pred_')), g(name.replace('pred_', 'f_'))
+            f_pred, f = g(name.replace('pred_', 'f_pred_')), self._target(out, name.replace('pred_', ''))
             if f_pred is None or f is None: return None
             return prediction_loss(f_pred, f, self.detach_targets, self.reduction)
         if name in ('gram', 'gram_mask'):
             pre = 'f_' if name == 'gram' else 'f_mask_'
             a, b = g(pre + 'main'), g(pre + 'ref')
-            return None if a is None or b is None else gram_loss(a, b)
+            if a is None or b is None: return None
+            return gram_loss(a, b.detach() if self.cfg.gram_stop_gradient else b)
         if name == 'koleo':
             z = g('z')
             return None if z is None else koleo_loss(z.flatten(1) if z.ndim > 2 else z, self.cfg.koleo_eps)
@@ -188,15 +203,16 @@ class DiffVQALoss:
     def __call__(self,
                  out: Any, # the model's output (a `DiffVQAOutput` or anything with its fields)
                  answer_ids: Tensor, # [B,L] target answer tokens
+                 changes: Tensor | None = None, # [B,3F] change targets of difference answers (NaN rows elsewhere), for the 'changes' term
                  answer_mask: Tensor | None = None, # [B,L] 1 for answer tokens (default: answer_ids != pad_id)
                 ) -> Tensor:
         "The weighted total; every term is kept in `self.terms` (detached) and `self.last_terms` (floats)."
         total, terms = None, {}
         for name, w in self.weights.items():
             if w == 0:
-                with torch.no_grad(): t = self._term(name, out, answer_ids, answer_mask)
+                with torch.no_grad(): t = self._term(name, out, answer_ids, answer_mask, changes)
             else:
-                t = self._term(name, out, answer_ids, answer_mask)
+                t = self._term(name, out, answer_ids, answer_mask, changes)
                 if t is not None: total = w * t if total is None else total + w * t
             terms[name] = t.detach() if t is not None else None
         if total is None: raise DiffVQAError('loss: the model output has nothing to train on')

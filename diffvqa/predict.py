@@ -19,12 +19,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .core import DiffVQAError, atomic_write
 from .data import CONVERSIONS, encode_questions, fit_image, jpeg_draft_size, mimic_cxr_jpg, stretch_to_uint8, to_gray8
-from .templates import normalize_question
+from .templates import is_difference_question, normalize_question
 
 # %% auto #0
 __all__ = ['MAX_PIXELS', 'DICOM_SUFFIXES', 'read_film', 'read_image', 'resize_like_cache', 'Prediction', 'mask_stats',
-           'model_dir', 'load_model', 'model_image_size', 'question_ids', 'predict', 'write_prediction',
-           'add_predict_args', 'run_predict']
+           'load_model', 'model_image_size', 'question_ids', 'predict', 'write_prediction', 'add_predict_args',
+           'run_predict']
 
 # %% ../nbs/api/10a_predict.ipynb #b942e50b
 MAX_PIXELS = 100_000_000  # largest image (width × height) read_image decodes
@@ -151,7 +151,7 @@ class Prediction:
                     masks={k: mask_stats(getattr(self, k)) for k in ('M', 'U', 'F')},
                     question_normalized=self.question_used, question_tokens_cut=int(self.tokens_cut),
                     image_conversion=self.conversion | {'steps': {self.conversion[k]: CONVERSIONS[self.conversion[k]]
-                                                                  for k in ('main', 'ref') if k in self.conversion}})
+                                                                  for k in ('main', 'ref') if self.conversion.get(k) in CONVERSIONS}})
 
 def mask_stats(m: np.ndarray, # [H,W] mask
               ) -> dict[str, Any]:
@@ -162,33 +162,20 @@ def mask_stats(m: np.ndarray, # [H,W] mask
                 peak=[round((r + 0.5) / m.shape[0], 4), round((c + 0.5) / m.shape[1], 4)])
 
 # %% ../nbs/api/10a_predict.ipynb #e5eae8a9
-def model_dir(path: str | Path, # a run folder (uses RUN/best) or a save_pretrained folder
-             ) -> Path:
-    "The folder holding the model to load: `path` itself if it is a saved model, else `path/best`."
-    path = Path(path)
-    if not path.exists(): raise DiffVQAError(f'{path}: no such run or model folder')
-    if (path/'model.safetensors').is_file(): return path
-    if (path/'best'/'model.safetensors').is_file(): return path/'best'
-    raise DiffVQAError(f'{path}: no trained model here (expected RUN/best/model.safetensors or a save_pretrained folder)')
-
 def load_model(run_or_model: Any, # a DiffVQA, a run folder or a save_pretrained folder
                device: str | torch.device = 'cpu', # where to run
               ) -> tuple[Any, str]:
-    "The model in eval mode on `device`, and the folder it came from ('' if passed in memory)."
+    "The model in eval mode on `device` (`DiffVQA.from_run` for folders), and the folder it came from ('' if passed in memory)."
     from diffvqa.model import DiffVQA
     if isinstance(run_or_model, DiffVQA): return run_or_model.to(device).eval(), ''
-    d = model_dir(run_or_model)
-    try: model = DiffVQA.from_pretrained(d, device=device)
-    except DiffVQAError: raise
-    except Exception as e:  # a truncated safetensors file, an unreadable tokenizer...
-        msg = str(e).splitlines()[0] if str(e) else ''
-        raise DiffVQAError(f'{d}: could not load the model ({type(e).__name__}: {msg})') from None
-    return model.eval(), str(d)
+    model = DiffVQA.from_run(run_or_model, device=device)
+    return model, model.source
 
 def model_image_size(run_or_model: Any, # a DiffVQA, a run folder or a save_pretrained folder
                     ) -> int:
     "The side S of the images the model takes, read from config.json without loading any weights."
     from diffvqa.core import ModelConfig, config_from_json
+    from diffvqa.model import model_dir
     if hasattr(run_or_model, 'config'): return int(run_or_model.config.image_size)
     cfg = model_dir(run_or_model)/'config.json'
     if not cfg.is_file(): raise DiffVQAError(f'{cfg.parent}: no config.json (not a saved DiffVQA model)')
@@ -210,7 +197,7 @@ def _np(x: torch.Tensor) -> np.ndarray: return x.detach().float().cpu().numpy()
 # %% ../nbs/api/10a_predict.ipynb #1babba02
 def predict(run_or_model: Any, # a run folder (RUN/best is used), a save_pretrained folder, or a DiffVQA
             main_path: str | Path, # the main (later) image file
-            ref_path: str | Path, # the reference (earlier) image file
+            ref_path: str | Path | None, # the reference (earlier) image file; None: a single visit (no prior study)
             question: str, # e.g. 'what has changed compared to the reference image?'
             out: str | Path | None = None, # folder for answer.txt, answer.json and overlay.png (None: write nothing)
             num_beams: int = 1, # 1: greedy; more: beam search
@@ -219,12 +206,16 @@ def predict(run_or_model: Any, # a run folder (RUN/best is used), a save_pretrai
             max_new_tokens: int | None = None, # answer length limit (default: the model's max_answer_len)
             mimic_conversion: bool = True, # DICOM and >8-bit images: the MIMIC-CXR-JPG recipe (False: stretch only)
            ) -> Prediction:
-    "Answer one question about one image pair, and optionally write the answer and a mask overlay to `out`."
+    "Answer one question about one image pair (or one film), and optionally write the answer and a mask overlay to `out`."
     if not normalize_question(question): raise DiffVQAError('--question: the question is empty')
     if num_beams < 1: raise DiffVQAError(f'--beams: must be at least 1, got {num_beams}')
+    if ref_path is None and is_difference_question(question):
+        raise DiffVQAError('--ref: a difference question compares two studies; give the earlier film with --ref '
+                           '(questions about the main film alone, such as "is there pleural effusion?", need none)')
     S = model_image_size(run_or_model)
     main, how_main = read_film(main_path, size=S, fit=fit, mimic_conversion=mimic_conversion)   # bad files fail here
-    ref, how_ref = read_film(ref_path, size=S, fit=fit, mimic_conversion=mimic_conversion)      # (before the model loads)
+    if ref_path is None: ref, how_ref = main, 'none (single visit)'
+    else: ref, how_ref = read_film(ref_path, size=S, fit=fit, mimic_conversion=mimic_conversion)  # (before the model loads)
     model, where = load_model(run_or_model, device)
     ids, cut = question_ids(model.tokenizer, question, model.config.max_question_len)
     if cut: print(f'warning: --question: {len(ids) + cut} tokens, the model reads the first {len(ids)}; '
@@ -233,13 +224,12 @@ def predict(run_or_model: Any, # a run folder (RUN/best is used), a save_pretrai
     q_ids = torch.tensor([ids], dtype=torch.long, device=dev)
     q_mask = torch.ones_like(q_ids)
     x_main, x_ref = (torch.from_numpy(a).float().div(255)[None, None].to(dev) for a in (main, ref))
-    with torch.no_grad():
-        gen = model.generate(x_main, x_ref, q_ids, q_mask, max_new_tokens=max_new_tokens, num_beams=num_beams)
-        theta = model.registration(x_main, x_ref).theta
+    has_ref = torch.tensor([ref_path is not None], device=dev)
+    gen = model.generate(x_main, x_ref, q_ids, q_mask, max_new_tokens=max_new_tokens, num_beams=num_beams, has_ref=has_ref)
     lam = model.mask.lam
     pred = Prediction(question=str(question), answer=gen.texts[0], main=main, ref=ref,
-                      M=_np(gen.M[0, 0]), U=_np(gen.U[0, 0]), F=_np(gen.F[0, 0]), theta=_np(theta[0]),
-                      lam=float(lam), score=float(gen.scores[0]), main_path=str(main_path), ref_path=str(ref_path),
+                      M=_np(gen.M[0, 0]), U=_np(gen.U[0, 0]), F=_np(gen.F[0, 0]), theta=_np(gen.theta[0]),
+                      lam=float(lam), score=float(gen.scores[0]), main_path=str(main_path), ref_path='' if ref_path is None else str(ref_path),
                       model_path=where, question_used=normalize_question(question), tokens_cut=cut,
                       conversion=dict(main=how_main, ref=how_ref, mimic_conversion=bool(mimic_conversion)))
     if out is not None: write_prediction(pred, out)
@@ -266,7 +256,7 @@ def add_predict_args(p: argparse.ArgumentParser, # the `diffvqa predict` parser
     "Flags of `diffvqa predict`."
     p.add_argument('--run', required=True, help='a training run (RUN/best is used) or a save_pretrained model folder')
     p.add_argument('--main', required=True, help='the main (later) image: JPEG, PNG, DICOM...')
-    p.add_argument('--ref', required=True, help='the reference (earlier) image')
+    p.add_argument('--ref', default=None, help='the reference (earlier) image; leave out for a first visit (not for a difference question)')
     p.add_argument('--question', required=True, help="e.g. 'what has changed compared to the reference image?'")
     p.add_argument('--out', default=None, help='folder for answer.txt, answer.json and overlay.png')
     p.add_argument('--beams', type=int, default=1, help='beam width (default 1: greedy)')

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 
 # %% auto #0
 __all__ = ['FINDINGS', 'LEVELS', 'TYPES', 'QUESTION_TYPES', 'CLOSED_ANSWERS', 'DIFFERENCE_QUESTION', 'NOTHING_CHANGED',
-           'difference_question', 'abnormality_question', 'presence_question', 'view_question', 'location_question',
-           'level_question', 'type_question', 'normalize_question', 'LevelChange', 'DifferenceAnswer',
-           'format_finding_list', 'difference_answer', 'ParsedDifference', 'parse_difference_answer',
-           'repair_difference_answer', 'normalize_answer']
+           'CHANGE_KINDS', 'difference_question', 'abnormality_question', 'presence_question', 'view_question',
+           'location_question', 'level_question', 'type_question', 'normalize_question', 'is_difference_question',
+           'LevelChange', 'DifferenceAnswer', 'format_finding_list', 'difference_answer', 'ParsedDifference',
+           'parse_difference_answer', 'change_targets', 'repair_difference_answer', 'normalize_answer']
 
 # %% ../nbs/api/01_templates.ipynb #983e3a6e
 FINDINGS: tuple[str, ...] = (
@@ -86,6 +86,11 @@ def normalize_question(text: str, # a question as typed or as stored
     t = _SPACE_BEFORE_PUNCT.sub(r'\1', t).rstrip('?.! ')
     if not t: return ''
     return _VIEW_NAME.sub(lambda m: m.group(1).upper() + ' view', t) + '?'
+
+def is_difference_question(text: str, # a question in any spelling
+                          ) -> bool:
+    "True for the release's difference questions (whole image, or one lung), whatever the spelling."
+    return normalize_question(text) in {difference_question(), difference_question('left'), difference_question('right')}
 
 # %% ../nbs/api/01_templates.ipynb #71da0638
 NOTHING_CHANGED = 'nothing has changed.'
@@ -188,6 +193,15 @@ def parse_difference_answer(text: str, # a difference answer, reference or gener
     if strict and rest: raise ValueError(f'not a difference answer: {rest!r} in {text!r}')
     return ParsedDifference(added=added, removed=removed, level_changes=levels, unparsed=rest,
                             glued=tuple(g_add + g_rem), repeated=tuple(r_add + r_rem))
+
+CHANGE_KINDS: tuple[str, ...] = ('added', 'removed', 'level')
+
+def change_targets(text: str, # a difference answer
+                  ) -> list[list[float]]:
+    "[3][F] 0/1 rows: which findings (FINDINGS order) the answer says were added, removed, or changed in level."
+    p = parse_difference_answer(text)
+    sets = (set(p.added), set(p.removed), {c.finding for c in p.level_changes})
+    return [[float(f in s) for f in FINDINGS] for s in sets]
 
 def repair_difference_answer(text: str, # a difference answer
                             ) -> str:

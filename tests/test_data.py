@@ -267,8 +267,8 @@ def test_truncation_and_padding(cache_dir, tok):
 def test_fastai_dataloaders(cache_dir, tok):
     dls = D.get_dataloaders(cache_dir, tok, bs=3, bs_valid=2, question_types=None, device='cpu')
     xb = dls.train.one_batch()
-    assert len(xb) == 9 and dls.n_inp == 8
-    main, ref, qi, qm, ai, am, pair_ids, has_ref, y = xb
+    assert len(xb) == 10 and dls.n_inp == 8
+    main, ref, qi, qm, ai, am, pair_ids, has_ref, y, changes = xb
     assert pair_ids.dtype == torch.long and has_ref.dtype == torch.bool and bool(has_ref.all())
     assert main.shape == ref.shape == (3, 1, 32, 32) and main.dtype == torch.float32
     assert qi.shape == qm.shape and ai.shape == am.shape and torch.equal(ai, y)
@@ -290,7 +290,7 @@ def test_iter_split_keeps_every_question_once_with_metadata(cache_dir, tok):
     assert [q for b in batches for q in b.qid] == want.qid.tolist()
     b = batches[0]
     assert b.question == want.question[:len(b)].tolist() and b.question_type == want.question_type[:len(b)].tolist()
-    assert len(b.inputs()) == 8 and len(b.as_tuple()) == 9
+    assert len(b.inputs()) == 8 and len(b.as_tuple()) == 10
     assert len(list(D.iter_split(cache_dir, tok, 'test', None, bs=4, limit=2))[0]) == 2
 
 

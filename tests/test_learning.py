@@ -1,8 +1,8 @@
-"""The image path can be learned: when the films encode the answer, the tiny model learns to read them.
+"""The tiny model learns what it can only learn from the films.
 
-At demo scale the tiny model answers from the question alone (the image control in evaluate shows it). This test
-separates 'the images cannot reach the decoder' from 'the cues are too subtle to learn quickly': with films whose
-brightness encodes the view, a few dozen steps suffice, and swapping the films between questions breaks the answers.
+Two cues: brightness (the whole film says the view) and place (a lesion on the left or the right half of an
+otherwise identical film, same total brightness). Each time the films are swapped between questions, every answer
+flips: the answers come from the films, not from the question.
 """
 import torch
 
@@ -12,34 +12,62 @@ from diffvqa.model import DiffVQA
 from diffvqa.tokenizer import train_bpe_tokenizer
 
 
-def batch(tok, labels, size):
-    q = tok(['which view is this image taken?'] * len(labels), return_tensors='pt')
-    a = tok([('AP view' if l else 'PA view') + tok.eos_token for l in labels], return_tensors='pt')
-    img = (torch.tensor(labels, dtype=torch.float) * 0.9 + 0.05)[:, None, None, None].expand(-1, 1, size, size)
-    return img, q['input_ids'], q['attention_mask'], a['input_ids'], a['attention_mask']
-
-
-def test_tiny_model_learns_to_read_images_that_encode_the_answer():
-    seed_everything(0)
-    torch.set_num_threads(1)
-    cfg = get_preset('tiny').model
-    tok = train_bpe_tokenizer(['which view is this image taken?', 'AP view', 'PA view'] * 50, vocab_size=300)
-    model = DiffVQA.from_preset(cfg, tokenizer=tok)
+def _train(model, tok, make, steps, bs=8, lr=1e-3):
+    "Train on `make(labels)` batches for `steps` steps, φ frozen."
     model.freeze_image_encoder(True)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     g = torch.Generator().manual_seed(0)
     model.train()
-    for _ in range(60):
-        labels = torch.randint(0, 2, (8,), generator=g).tolist()
-        img, qi, qm, ai, am = batch(tok, labels, cfg.image_size)
+    for _ in range(steps):
+        labels = torch.randint(0, 2, (bs,), generator=g).tolist()
+        img, qi, qm, ai, am = make(labels, g)
         loss = lm_loss(model(img, img, qi, qm, ai, am).logits, ai, am)
         opt.zero_grad(); loss.backward(); opt.step()
-    model.eval()
-    labels = [0, 1] * 8
-    img, qi, qm, ai, am = batch(tok, labels, cfg.image_size)
-    with torch.no_grad():
-        own = model.generate(img, img, qi, qm, max_new_tokens=4).texts
-        swapped = model.generate(img.flip(0), img.flip(0), qi, qm, max_new_tokens=4).texts
-    want = ['AP view' if l else 'PA view' for l in labels]
-    assert sum(p == w for p, w in zip(own, want)) == len(want), own
-    assert sum(p == w for p, w in zip(swapped, want)) == 0, swapped  # flipped films: every answer flips
+    return model.eval()
+
+
+def _answers(model, img, qi, qm):
+    with torch.no_grad(): return model.generate(img, img, qi, qm, max_new_tokens=4).texts
+
+
+def test_tiny_model_reads_brightness_that_encodes_the_view():
+    seed_everything(0); torch.set_num_threads(1)
+    cfg = get_preset('tiny').model
+    tok = train_bpe_tokenizer(['which view is this image taken?', 'AP view', 'PA view'] * 50, vocab_size=300)
+    def make(labels, g=None):
+        q = tok(['which view is this image taken?'] * len(labels), return_tensors='pt')
+        a = tok([('AP view' if l else 'PA view') + tok.eos_token for l in labels], return_tensors='pt')
+        img = (torch.tensor(labels, dtype=torch.float) * 0.9 + 0.05)[:, None, None, None].expand(-1, 1, cfg.image_size, cfg.image_size)
+        return img.contiguous(), q['input_ids'], q['attention_mask'], a['input_ids'], a['attention_mask']
+    model = _train(DiffVQA.from_preset(cfg, tokenizer=tok), tok, make, 60)
+    img, qi, qm, _, _ = make([0, 1] * 8)
+    want = ['PA view', 'AP view'] * 8
+    assert _answers(model, img, qi, qm) == want
+    assert sum(p == w for p, w in zip(_answers(model, img.flip(0), qi, qm), want)) == 0   # swapped films: every answer flips
+
+
+def test_tiny_model_reads_where_a_lesion_is():
+    "Left or right: the same bright square on a uniform film, placed in one half; the total brightness says nothing."
+    seed_everything(0); torch.set_num_threads(1)
+    cfg = get_preset('tiny').model
+    S = cfg.image_size
+    q_text = 'is the lesion located on the left side or right side?'
+    tok = train_bpe_tokenizer([q_text, 'left side', 'right side'] * 50, vocab_size=300)
+    def make(labels, g):
+        q = tok([q_text] * len(labels), return_tensors='pt')
+        a = tok([('right side' if l else 'left side') + tok.eos_token for l in labels], return_tensors='pt')
+        img = torch.full((len(labels), 1, S, S), 0.4)
+        for i, l in enumerate(labels):
+            y = int(torch.randint(8, S - 40, (1,), generator=g))
+            x = int(torch.randint(8, S // 2 - 40, (1,), generator=g)) + (S // 2 if l else 0)
+            img[i, :, y:y + 32, x:x + 32] = 0.9
+        return img, q['input_ids'], q['attention_mask'], a['input_ids'], a['attention_mask']
+    model = _train(DiffVQA.from_preset(cfg, tokenizer=tok), tok, make, 120)
+    g = torch.Generator().manual_seed(123)
+    img, qi, qm, _, _ = make([0, 1] * 8, g)
+    assert torch.allclose(img[0].mean(), img[1].mean())                                  # same brightness either way
+    want = ['left side', 'right side'] * 8
+    got = _answers(model, img, qi, qm)
+    assert sum(p == w for p, w in zip(got, want)) >= 15, got
+    flipped = _answers(model, img.flip(-1), qi, qm)                                       # mirror the films
+    assert sum(p != w for p, w in zip(flipped, want)) >= 15, flipped                    # the answers follow the lesion

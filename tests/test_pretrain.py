@@ -1,0 +1,33 @@
+"""`diffvqa pretrain` from the command line: bad input is one line and a non-zero exit, and nothing is written."""
+import pytest
+
+from diffvqa.cli import main
+
+
+def _err_lines(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    return [l for l in err if l.strip()]
+
+
+@pytest.mark.parametrize('argv, says', [
+    (['--data', '/nonexistent/cache'], '--data /nonexistent/cache: no such folder'),
+    (['--data', '.'], 'not a prepared cache'),
+    (['--data', '.', '--epochs', '-1'], 'not a prepared cache'),
+])
+def test_bad_input_is_one_line(argv, says, tmp_path, capsys):
+    rc = main(['pretrain', *argv, '--out', str(tmp_path/'out')])
+    lines = _err_lines(capsys)
+    assert rc == 2 and len(lines) == 1 and says in lines[0], lines
+    assert not (tmp_path/'out').exists()
+
+
+def test_wrong_size_and_bad_setting(tmp_path, capsys):
+    from diffvqa.data import make_fake_mimic, prepare
+    make_fake_mimic(tmp_path/'mimic', n_subjects=4, traps=False)
+    cache = prepare(tmp_path/'mimic', tmp_path/'cache', size=32, progress=False)
+    rc = main(['pretrain', '--data', str(cache), '--out', str(tmp_path/'out')])
+    lines = _err_lines(capsys)
+    assert rc == 2 and len(lines) == 1 and 'cached at 32px' in lines[0] and '128px' in lines[0], lines
+    rc = main(['pretrain', '--data', str(cache), '--out', str(tmp_path/'out'), '--epochs', 'two'])
+    assert rc == 2 and "--epochs: invalid int value: 'two'" in capsys.readouterr().err
+    assert not (tmp_path/'out').exists()
