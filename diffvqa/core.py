@@ -259,7 +259,7 @@ def add_config_args(parser: Any, # an argparse parser or argument group
     for f in dataclasses.fields(cls):
         if f.name in skip: continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        kw: dict[str, Any] = dict(default=None, dest=f.name, help=f"{helps.get(f.name) or f.name} (preset: {default!r})")
+        kw: dict[str, Any] = dict(default=None, dest=f.name, help=f"{helps.get(f.name) or f.name} (field default: {default!r})")
         if isinstance(default, dict): continue  # widths of a backbone: set them in a preset or a config file
         if isinstance(default, bool): kw['action'] = argparse.BooleanOptionalAction
         elif isinstance(default, tuple): kw.update(nargs='+', type=type(default[0]) if default else str)

@@ -226,7 +226,7 @@ def _answer_logits_from_tokens(model, q_ids, q_mask, a_ids, a_mask):
         text = model.text_encoder(wte(q_ids), q_mask)
         s_img, s_qtn, s_ans = (e.expand(B, 1, -1) for e in wte(model.special_ids).unsqueeze(1))
         embeds = torch.cat([s_img, img_main, s_img, img_ref, s_qtn, text, s_ans, wte(a_ids[:, :-1])], dim=1)
-        ones = torch.ones(B, 2 * N + 3, dtype=torch.long)
+        ones = torch.ones(B, 2 * img_main.shape[1] + 3, dtype=torch.long)   # grid tokens (+ the summary token)
         attn = torch.cat([ones, q_mask.long(), ones[:, :1], a_mask[:, :-1].long()], dim=1)
         pos = (attn.cumsum(1) - 1).clamp(min=0)
         return model.decoder(inputs_embeds=embeds, attention_mask=attn, position_ids=pos, use_cache=False,
