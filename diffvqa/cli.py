@@ -62,8 +62,11 @@ def main(argv: list[str] | None = None, # arguments (default: sys.argv[1:])
         ) -> int:
     "Entry point of the `diffvqa` command; returns the exit status."
     argv = sys.argv[1:] if argv is None else list(argv)
-    # libraries imported below call a deprecated torch.jit API at import time; keep stderr for our one-line errors
+    # libraries imported below warn at import time about their own calls, harmless to us (checked): timm and fastai
+    # call the deprecated torch.jit.script; fastai sets pandas' 'mode.chained_assignment', a no-op since pandas 3.0.
+    # Keep stderr for our one-line errors.
     warnings.filterwarnings('ignore', message=r'.*torch\.jit\.script.*deprecated', category=FutureWarning)
+    warnings.filterwarnings('ignore', message=r".*'mode\.chained_assignment' option is deprecated")
     top = build_parser().parse_args(argv[:1] if argv and not argv[0].startswith('-') else argv)
     try:
         cmd = _command(top.command)

@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -248,6 +249,11 @@ def config_from_json(text: str, # JSON text written by `config_to_json`
 # %% ../nbs/api/00_core.ipynb #09252978
 def _flag(name: str) -> str: return '--' + name.replace('_', '-')
 
+def _annotated_type(annotation: Any) -> type:
+    "int, float or str from a field's annotation such as 'int | None' (the type a flag parses to when the default is None)."
+    a = str(annotation)
+    return int if re.search(r'\bint\b', a) else float if re.search(r'\bfloat\b', a) else str
+
 def add_config_args(parser: Any, # an argparse parser or argument group
                     cls: type, # a config dataclass
                     skip: tuple[str, ...] = (), # fields that get no flag (set elsewhere)
@@ -264,7 +270,7 @@ def add_config_args(parser: Any, # an argparse parser or argument group
         if isinstance(default, bool): kw['action'] = argparse.BooleanOptionalAction
         elif isinstance(default, tuple): kw.update(nargs='+', type=type(default[0]) if default else str)
         elif isinstance(default, (int, float)): kw['type'] = type(default)
-        else: kw['type'] = str
+        else: kw['type'] = _annotated_type(f.type)
         parser.add_argument(_flag(f.name), **kw)
 
 def config_overrides(args: Any, # parsed flags (argparse.Namespace)

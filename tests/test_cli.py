@@ -79,3 +79,30 @@ def test_evaluate_controls_are_on_by_default():
     assert (a.image_control, a.question_only) == (True, True)
     a = build_parser('evaluate').parse_args(['--run', 'r', '--data', 'd', '--no-image-control', '--no-question-only'])
     assert (a.image_control, a.question_only) == (False, False)
+
+
+def test_no_library_warnings_in_command_output():
+    "The commands' own output carries no library warning (torch.jit's deprecation at import is the one we silence)."
+    import subprocess, sys
+    for cmd in (['--help'], ['train', '--help'], ['pretrain', '--help'], ['evaluate', '--help'], ['predict', '--help']):
+        r = subprocess.run([sys.executable, '-m', 'diffvqa.cli', *cmd], capture_output=True, text=True, timeout=300,
+                           env={**__import__('os').environ, 'PYTHONWARNINGS': 'default'})
+        assert r.returncode == 0 and r.stderr == '', (cmd, r.stderr[-500:])
+
+
+def test_transformers_pin_and_cache_keyword():
+    "The pinned transformers range holds the installed version, and generation uses that version's cache keyword."
+    import re, tomllib
+    from pathlib import Path
+    import transformers
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+    deps = tomllib.loads((Path(__file__).parents[1]/'pyproject.toml').read_text())['project']['dependencies']
+    spec = SpecifierSet(next(d for d in deps if re.match(r'transformers\b', d))[len('transformers'):])
+    v = Version(transformers.__version__)
+    assert v in spec and spec.contains('5.39') and not spec.contains('6.0'), (v, spec)
+    from diffvqa.core import get_preset
+    from diffvqa.model import DiffVQA
+    from diffvqa.tokenizer import train_bpe_tokenizer
+    model = DiffVQA.from_preset(get_preset('tiny'), tokenizer=train_bpe_tokenizer(['yes', 'no'] * 20, vocab_size=270))
+    assert model._cache_kw == ('cache' if v >= Version('5.24') else 'past_key_values')

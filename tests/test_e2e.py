@@ -16,7 +16,7 @@ def cli(*args, timeout=900):
 @pytest.fixture(scope='module')
 def demo_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp('demo')
-    r = cli('demo', '--out', out, '--n-pairs', 16, '--epochs-frozen', 1, '--epochs-unfrozen', 1,
+    r = cli('demo', '--out', out, '--n-pairs', 16, '--pretrain-epochs', 1, '--epochs-frozen', 1, '--epochs-unfrozen', 1,
             '--max-train-questions', 48, '--val-subset', 8, '--test-limit', 16, '--workers', 1)
     assert r.returncode == 0, r.stderr[-3000:]
     assert f'report: {(out / "report.md").resolve()}' in r.stdout

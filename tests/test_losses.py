@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from diffvqa.core import DiffVQAError, LossConfig
+from diffvqa.core import get_preset, DiffVQAError, LossConfig
 from diffvqa.losses import (LOSS_TERMS, DiffVQALoss, gram_loss, gram_matrix, koleo_loss, lm_loss, mask_consistency_loss,
                             mask_to_tokens, prediction_loss)
 from diffvqa.registration import registration_loss
@@ -121,11 +121,12 @@ def test_total_is_weighted_sum_and_accepts_explicit_mask():
     crit = DiffVQALoss(cfg, pad_id=0)
     total = crit(out, IDS)
     t, w = crit.last_terms, crit.weights
-    assert all(t[k] > 0 for k in LOSS_TERMS if k != 'koleo')
-    assert total.item() == pytest.approx(sum(w[k] * t[k] for k in LOSS_TERMS), rel=1e-6)
+    assert all(t[k] > 0 for k in LOSS_TERMS if k not in ('koleo', 'changes'))
+    assert math.isnan(t['changes'])   # the stand-in has no change scores: logged as NaN, not in the total
+    assert total.item() == pytest.approx(sum(w[k] * t[k] for k in LOSS_TERMS if k != 'changes'), rel=1e-6)
     assert t['reg'] == pytest.approx(registration_loss(out.theta, 1., .5, .25).item(), rel=1e-6)
     assert t['total'] == pytest.approx(total.item())
-    explicit = DiffVQALoss(cfg)(out, IDS, (IDS != 0).long())
+    explicit = DiffVQALoss(cfg)(out, IDS, answer_mask=(IDS != 0).long())
     assert explicit.item() == pytest.approx(total.item(), rel=1e-6)
 
 
@@ -164,9 +165,11 @@ def test_on_the_tiny_model_output():
     a = tok([texts[1] + tok.eos_token, 'no' + tok.eos_token], padding=True, return_tensors='pt')
     out = model(torch.rand(2, 1, 128, 128), torch.rand(2, 1, 128, 128), q['input_ids'], q['attention_mask'],
                 a['input_ids'], a['attention_mask'])
-    crit = DiffVQALoss(pad_id=tok.pad_token_id)
-    total = crit(out, a['input_ids'])
-    assert all(math.isfinite(v) for v in crit.last_terms.values())
+    from diffvqa.templates import FINDINGS, change_targets
+    changes = torch.stack([torch.tensor(change_targets(texts[1])).flatten(), torch.full((3 * len(FINDINGS),), float('nan'))])
+    crit = DiffVQALoss(get_preset('tiny').loss, pad_id=tok.pad_token_id)
+    total = crit(out, a['input_ids'], changes)
+    assert all(math.isfinite(v) for v in crit.last_terms.values()), crit.last_terms
     total.backward()
     for name in ('registration', 'mask', 'projector', 'decoder', 'pred_head'):
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in getattr(model, name).parameters()), name

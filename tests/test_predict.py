@@ -453,3 +453,24 @@ def test_long_question_warns_once_with_the_count(tiny_run, tmp_path, capsys):
     capsys.readouterr()
     args.question = QUESTION
     assert run_predict(args) == 0 and 'token(s) cut' not in capsys.readouterr().err     # a short question: no warning
+
+
+def test_single_visit_needs_no_reference_but_a_difference_question_does(tiny_run, tmp_path, capsys):
+    "No prior study: a question about the main film goes through the no-prior path; a difference question is refused."
+    import json
+    import torch
+    from diffvqa.predict import predict
+    run, imgs, model = tiny_run
+    pred = predict(run, imgs / 'main.jpg', None, 'is there pneumothorax?', out=tmp_path / 'one', max_new_tokens=4)
+    info = json.loads((tmp_path / 'one' / 'answer.json').read_text())
+    assert info['ref'] == '' and info['image_conversion']['ref'] == 'none (single visit)'
+    # the same answer as the model's single-visit path with any stand-in reference
+    S = model.config.image_size
+    x = torch.from_numpy(pred.main).float().div(255)[None, None]
+    q = model.tokenizer(['is there pneumothorax?'], add_special_tokens=False, return_tensors='pt')
+    g = model.generate(x, torch.rand_like(x), q['input_ids'], q['attention_mask'], max_new_tokens=4, has_ref=torch.tensor([False]))
+    assert g.texts[0] == pred.answer
+    with pytest.raises(DiffVQAError, match='--ref: a difference question compares two studies'):
+        predict(run, imgs / 'main.jpg', None, QUESTION)
+    rc = _cli('--run', run, '--main', imgs / 'main.jpg', '--question', 'What has changed compared to the reference image')
+    assert rc.returncode == 2 and len(rc.stderr.strip().splitlines()) == 1 and '--ref' in rc.stderr

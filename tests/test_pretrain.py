@@ -28,6 +28,6 @@ def test_wrong_size_and_bad_setting(tmp_path, capsys):
     rc = main(['pretrain', '--data', str(cache), '--out', str(tmp_path/'out')])
     lines = _err_lines(capsys)
     assert rc == 2 and len(lines) == 1 and 'cached at 32px' in lines[0] and '128px' in lines[0], lines
-    rc = main(['pretrain', '--data', str(cache), '--out', str(tmp_path/'out'), '--epochs', 'two'])
-    assert rc == 2 and "--epochs: invalid int value: 'two'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e: main(['pretrain', '--data', str(cache), '--out', str(tmp_path/'out'), '--epochs', 'two'])
+    assert e.value.code == 2 and "--epochs: invalid int value: 'two'" in capsys.readouterr().err
     assert not (tmp_path/'out').exists()
