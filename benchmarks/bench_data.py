@@ -25,6 +25,8 @@ from PIL import Image
 
 from diffvqa.core import ModelConfig
 from diffvqa import data as D
+from diffvqa import loaders as L
+from diffvqa.testing import make_fake_mimic
 
 
 def jpeg_pairs_per_s(paths: list[Path], size: int, n_pairs: int, draft: bool) -> float:
@@ -38,11 +40,11 @@ def jpeg_pairs_per_s(paths: list[Path], size: int, n_pairs: int, draft: bool) ->
     return n_pairs / (time.perf_counter() - t)
 
 
-def cached_pairs_per_s(ds: D.PairDataset, n_pairs: int, workers: int, bs: int = 16) -> float:
+def cached_pairs_per_s(ds: L.PairDataset, n_pairs: int, workers: int, bs: int = 16) -> float:
     "Iterate n_pairs random items through a DataLoader with padding collate."
     sampler = torch.utils.data.RandomSampler(ds, replacement=True, num_samples=n_pairs, generator=torch.Generator().manual_seed(0))
     dl = torch.utils.data.DataLoader(ds, batch_size=bs, sampler=sampler, num_workers=workers,
-                                     collate_fn=partial(D.collate_pairs, pad_id=ds.pad_id),
+                                     collate_fn=partial(L.collate_pairs, pad_id=ds.pad_id),
                                      persistent_workers=False, prefetch_factor=4 if workers else None)
     t = time.perf_counter()
     seen = sum(len(b) for b in dl)
@@ -61,7 +63,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         t = time.perf_counter()
-        fake = D.make_fake_mimic(tmp/'mimic', n_subjects=4, traps=False, seed=0, jpeg_side=a.jpeg_side)
+        fake = make_fake_mimic(tmp/'mimic', n_subjects=4, traps=False, seed=0, jpeg_side=a.jpeg_side)
         print(f'fake tree with {a.jpeg_side}px-tall JPEGs written in {time.perf_counter() - t:.1f}s')
         t = time.perf_counter()
         cache_dir = D.prepare(fake.root, tmp/'cache', size=a.size, workers=a.workers, progress=False)
@@ -73,9 +75,9 @@ def main():
         naive = jpeg_pairs_per_s(paths, a.size, a.jpeg_pairs, draft=False)
         draft = jpeg_pairs_per_s(paths, a.size, a.jpeg_pairs, draft=True)
         print(f'JPEG decode + resize, 1 process: naive {naive:.1f} pairs/s, draft mode {draft:.1f} pairs/s')
-        tok = D.get_tokenizer(cache, ModelConfig(tokenizer='bpe', bpe_vocab_size=300))
-        plain = D.PairDataset(cache, tok, 'train', question_types=None, augment=False)
-        aug = D.PairDataset(cache, tok, 'train', question_types=None, augment=True)
+        tok = L.get_tokenizer(cache, ModelConfig(tokenizer='bpe', bpe_vocab_size=300))
+        plain = L.PairDataset(cache, tok, 'train', question_types=None, augment=False)
+        aug = L.PairDataset(cache, tok, 'train', question_types=None, augment=True)
         rows = np.random.default_rng(0).integers(0, n_img, size=(a.pairs, 2))
         t = time.perf_counter()
         for i, j in rows: cache.image(i); cache.image(j)
@@ -86,7 +88,7 @@ def main():
             for name, ds in (('plain', plain), ('augmented', aug)):
                 res[name, w] = cached_pairs_per_s(ds, a.pairs, w)
                 print(f'cached {name:9s} items, DataLoader workers={w}: {res[name, w]:.0f} pairs/s')
-        dls = D.get_dataloaders(cache, tok, bs=16, bs_valid=16, question_types=None, device='cpu')
+        dls = L.get_dataloaders(cache, tok, bs=16, bs_valid=16, question_types=None, device='cpu')
         t, seen = time.perf_counter(), 0
         while seen < a.pairs: seen += sum(len(b[0]) for b in dls.train)
         print(f'fastai train loader (uint8 batches, float+augment in after_batch on the device), workers=0: '

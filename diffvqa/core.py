@@ -5,7 +5,9 @@
 # %% ../nbs/api/00_core.ipynb #62728656
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import json
 import os
 import platform
@@ -18,16 +20,16 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['PRESETS', 'DiffVQAError', 'patch_to', 'atomic_path', 'atomic_write', 'atomic_dir', 'ModelConfig', 'LossConfig',
-           'TrainConfig', 'PretrainConfig', 'ExperimentConfig', 'get_preset', 'config_to_dict', 'config_to_json',
-           'config_from_json', 'add_config_args', 'config_overrides', 'apply_overrides', 'seed_everything',
-           'package_versions', 'git_commit', 'make_run_dir']
+__all__ = ['PRESETS', 'DiffVQAError', 'patch_to', 'atomic_path', 'atomic_write', 'quiet_weight_loading', 'atomic_dir',
+           'write_metrics_csv', 'read_metrics_csv', 'ModelConfig', 'LossConfig', 'TrainConfig', 'PretrainConfig',
+           'ExperimentConfig', 'get_preset', 'config_to_dict', 'config_to_json', 'config_from_json', 'add_config_args',
+           'config_overrides', 'apply_overrides', 'seed_everything', 'package_versions', 'git_commit', 'make_run_dir']
 
 # %% ../nbs/api/00_core.ipynb #830513af
 class DiffVQAError(Exception):
@@ -72,6 +74,16 @@ def atomic_write(path: str | Path, # the final destination
     return Path(path)
 
 @contextmanager
+def quiet_weight_loading() -> Iterator[None]:
+    "Hide transformers' weight-loading progress bar (a line of noise per `from_pretrained`) for the duration."
+    from transformers.utils import logging as hf_logging
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try: yield
+    finally:
+        if was: hf_logging.enable_progress_bar()
+
+@contextmanager
 def atomic_dir(path: str | Path, # the folder to create or replace
               ) -> Iterator[Path]:
     "Yield a temporary folder beside `path`; on success it replaces `path` by renames only (the old one survives as `.NAME.old` until the swap is done)."
@@ -89,6 +101,31 @@ def atomic_dir(path: str | Path, # the folder to create or replace
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+# %% ../nbs/api/00_core.ipynb #025e7d2c
+def write_metrics_csv(path: str | Path, # RUN/metrics.csv
+                      rows: Sequence[dict], # one dict per epoch
+                     ) -> Path:
+    "Write the per-epoch rows as CSV (columns in order of first appearance), atomically."
+    cols: list[str] = []
+    for r in rows: cols += [k for k in r if k not in cols]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, lineterminator='\n')
+    w.writeheader()
+    for r in rows: w.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in r.items()})
+    return atomic_write(path, buf.getvalue())
+
+def read_metrics_csv(path: str | Path, # RUN/metrics.csv (or the run folder)
+                    ) -> list[dict[str, Any]]:
+    "The rows of a run's metrics.csv, numbers parsed to float where they parse (empty cells become NaN)."
+    path = Path(path)
+    if path.is_dir(): path = path / 'metrics.csv'
+    if not path.is_file(): raise DiffVQAError(f'{path}: no such metrics file')
+    def num(v: str | None) -> Any:
+        if v is None or v == '': return float('nan')
+        try: return float(v)
+        except ValueError: return v
+    with open(path, newline='') as f: return [{k: num(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 # %% ../nbs/api/00_core.ipynb #5b57f41e
 @dataclass

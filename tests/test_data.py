@@ -18,6 +18,8 @@ from PIL import Image
 
 from diffvqa.core import DiffVQAError, ModelConfig
 from diffvqa import data as D
+from diffvqa import loaders as L
+from diffvqa.testing import make_fake_mimic
 
 CACHE_FILES = ('images.u8', 'images.csv', 'questions.csv', 'skipped.csv', 'meta.json')
 
@@ -29,7 +31,7 @@ def tree_digest(root: Path) -> dict[str, str]:
 
 @pytest.fixture(scope='module')
 def fake(tmp_path_factory):
-    return D.make_fake_mimic(tmp_path_factory.mktemp('mimic'), n_subjects=6, seed=1)
+    return make_fake_mimic(tmp_path_factory.mktemp('mimic'), n_subjects=6, seed=1)
 
 
 @pytest.fixture(scope='module')
@@ -39,7 +41,7 @@ def cache_dir(fake, tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def tok(cache_dir):
-    return D.get_tokenizer(cache_dir, ModelConfig(tokenizer='bpe', bpe_vocab_size=300))
+    return L.get_tokenizer(cache_dir, ModelConfig(tokenizer='bpe', bpe_vocab_size=300))
 
 
 # --- reading and validating -------------------------------------------------------------------------------------
@@ -111,7 +113,7 @@ def test_missing_file_stops_prepare_with_one_line(fake, tmp_path):
 
 
 def test_corrupt_jpeg_stops_prepare_then_skip_resumes(tmp_path):
-    fk = D.make_fake_mimic(tmp_path/'m', n_subjects=6, seed=2)
+    fk = make_fake_mimic(tmp_path/'m', n_subjects=6, seed=2)
     shutil.copy(next((fk.root/'files').rglob('*.jpg')), fk.root/fk.missing_path)   # only the corrupt file remains
     with pytest.raises(DiffVQAError) as e: D.prepare(fk.root, tmp_path/'c', size=16, progress=False)
     assert '1 image file(s) unreadable or truncated' in str(e.value) and fk.corrupt_path in str(e.value)
@@ -177,7 +179,7 @@ KILL_SCRIPT = textwrap.dedent('''
 
 
 def test_prepare_resumes_after_sigkill_byte_identical(tmp_path, monkeypatch):
-    fk = D.make_fake_mimic(tmp_path/'m', n_subjects=14, seed=3)
+    fk = make_fake_mimic(tmp_path/'m', n_subjects=14, seed=3)
     full = D.prepare(fk.root, tmp_path/'full', size=24, skip_missing=True, progress=False)
     n = json.loads((full/'meta.json').read_text())['shape'][0]
     (tmp_path/'kill.py').write_text(KILL_SCRIPT)
@@ -211,23 +213,23 @@ def test_prepare_resumes_after_sigkill_byte_identical(tmp_path, monkeypatch):
 # --- tokenizer, datasets, loaders -----------------------------------------------------------------------------------
 
 def test_get_tokenizer(cache_dir, tok, tmp_path):
-    texts = D.split_texts(cache_dir, 'train')
+    texts = L.split_texts(cache_dir, 'train')
     q = pd.read_csv(cache_dir/'questions.csv', keep_default_na=False)
     assert len(texts) == 2 * (q.split == 'train').sum()
     assert len(tok) > 50 and tok.pad_token_id is not None and tok.eos_token_id is not None
     with pytest.raises(DiffVQAError, match='no tokenizer files'):
-        D.get_tokenizer(cache_dir, ModelConfig(tokenizer=str(tmp_path/'absent')))
+        L.get_tokenizer(cache_dir, ModelConfig(tokenizer=str(tmp_path/'absent')))
     with pytest.raises(DiffVQAError, match='no text'):
-        D.get_tokenizer([], ModelConfig(tokenizer='bpe'))
+        L.get_tokenizer([], ModelConfig(tokenizer='bpe'))
 
 
 def test_dataset_items_and_question_type_selection(cache_dir, tok):
     q = pd.read_csv(cache_dir/'questions.csv', keep_default_na=False)
-    diff = D.PairDataset(cache_dir, tok, 'train')
+    diff = L.PairDataset(cache_dir, tok, 'train')
     assert len(diff) == ((q.split == 'train') & (q.question_type == 'difference')).sum()
-    two = D.PairDataset(cache_dir, tok, 'train', question_types=('presence', 'view'))
+    two = L.PairDataset(cache_dir, tok, 'train', question_types=('presence', 'view'))
     assert set(two.q.question_type) == {'presence', 'view'}
-    it = D.PairDataset(cache_dir, tok, 'val', question_types=None)[0]
+    it = L.PairDataset(cache_dir, tok, 'val', question_types=None)[0]
     cache = D.PairCache(cache_dir)
     row = q.set_index('qid').loc[it.qid]
     assert (it.study_id, it.ref_id, it.subject_id, it.question, it.answer) == \
@@ -237,35 +239,35 @@ def test_dataset_items_and_question_type_selection(cache_dir, tok):
     assert torch.equal(it.aug, torch.ones(2, 3))                                # val: no augmentation
     assert it.answer_ids[-1] == tok.eos_token_id and tok.decode(it.answer_ids[:-1]) == row.answer.strip()
     assert tok.decode(it.question_ids) == row.question
-    with pytest.raises(DiffVQAError, match='unknown'): D.PairDataset(cache_dir, tok, 'train', question_types=('diff',))
+    with pytest.raises(DiffVQAError, match='unknown'): L.PairDataset(cache_dir, tok, 'train', question_types=('diff',))
 
 
 def test_augmentation_train_only_and_seeded(cache_dir, tok):
-    a = D.PairDataset(cache_dir, tok, 'train', seed=5)
-    b = D.PairDataset(cache_dir, tok, 'train', seed=5)
-    c = D.PairDataset(cache_dir, tok, 'train', seed=6)
-    plain = D.PairDataset(cache_dir, tok, 'train', augment=False)
+    a = L.PairDataset(cache_dir, tok, 'train', seed=5)
+    b = L.PairDataset(cache_dir, tok, 'train', seed=5)
+    c = L.PairDataset(cache_dir, tok, 'train', seed=6)
+    plain = L.PairDataset(cache_dir, tok, 'train', augment=False)
     assert torch.equal(a[0].aug, b[0].aug) and not torch.equal(a[0].aug, c[0].aug)
     assert not torch.equal(a[0].aug[0], a[0].aug[1])                            # independent draws per image
     assert ((a[0].aug - 1).abs() <= torch.tensor([.2, .2, .5]) + 1e-6).all()
-    ba, bp = D.collate_pairs([a[0], a[1]], tok.pad_token_id), D.collate_pairs([plain[0], plain[1]], tok.pad_token_id)
+    ba, bp = L.collate_pairs([a[0], a[1]], tok.pad_token_id), L.collate_pairs([plain[0], plain[1]], tok.pad_token_id)
     assert not torch.equal(ba.main, bp.main) and ba.main.min() >= 0 and ba.main.max() <= 1
-    torch.testing.assert_close(ba.main[1], D.adjust_image(bp.main[1], *a[1].aug[0].tolist()))
-    torch.testing.assert_close(ba.ref[0], D.adjust_image(bp.ref[0], *a[0].aug[1].tolist()))
+    torch.testing.assert_close(ba.main[1], L.adjust_image(bp.main[1], *a[1].aug[0].tolist()))
+    torch.testing.assert_close(ba.ref[0], L.adjust_image(bp.ref[0], *a[0].aug[1].tolist()))
 
 
 def test_truncation_and_padding(cache_dir, tok):
-    ds = D.PairDataset(cache_dir, tok, 'train', question_types=None, augment=False, max_question_len=3, max_answer_len=4)
+    ds = L.PairDataset(cache_dir, tok, 'train', question_types=None, augment=False, max_question_len=3, max_answer_len=4)
     items = [ds[i] for i in range(len(ds))]
     assert max(len(i.question_ids) for i in items) == 3 and max(len(i.answer_ids) for i in items) == 4
-    b = D.collate_pairs(items[:5], tok.pad_token_id)
+    b = L.collate_pairs(items[:5], tok.pad_token_id)
     assert b.answer_mask.sum(1).tolist() == [len(i.answer_ids) for i in items[:5]]
     assert (b.answer_ids[b.answer_mask == 0] == tok.pad_token_id).all()
     assert b.main.shape == (5, 1, 32, 32) and b.main.dtype == torch.float32
 
 
 def test_fastai_dataloaders(cache_dir, tok):
-    dls = D.get_dataloaders(cache_dir, tok, bs=3, bs_valid=2, question_types=None, device='cpu')
+    dls = L.get_dataloaders(cache_dir, tok, bs=3, bs_valid=2, question_types=None, device='cpu')
     xb = dls.train.one_batch()
     assert len(xb) == 10 and dls.n_inp == 8
     main, ref, qi, qm, ai, am, pair_ids, has_ref, y, changes = xb
@@ -275,7 +277,7 @@ def test_fastai_dataloaders(cache_dir, tok):
     assert qi.dtype == ai.dtype == torch.long
     assert 0 <= main.min() and main.max() <= 1
     vb = dls.valid.one_batch()
-    plain = D.collate_pairs([dls.valid.dataset[i] for i in range(2)], tok.pad_token_id)
+    plain = L.collate_pairs([dls.valid.dataset[i] for i in range(2)], tok.pad_token_id)
     assert torch.equal(vb[0], plain.main) and torch.equal(vb[1], plain.ref)     # validation: unaugmented
     n_val = sum(len(b[0]) for b in dls.valid)
     assert n_val == len(D.PairCache(cache_dir).select('val'))
@@ -286,12 +288,12 @@ def test_fastai_dataloaders(cache_dir, tok):
 
 def test_iter_split_keeps_every_question_once_with_metadata(cache_dir, tok):
     want = D.PairCache(cache_dir).select('test', None)
-    batches = list(D.iter_split(cache_dir, tok, 'test', question_types=None, bs=4))
+    batches = list(L.iter_split(cache_dir, tok, 'test', question_types=None, bs=4))
     assert [q for b in batches for q in b.qid] == want.qid.tolist()
     b = batches[0]
     assert b.question == want.question[:len(b)].tolist() and b.question_type == want.question_type[:len(b)].tolist()
     assert len(b.inputs()) == 8 and len(b.as_tuple()) == 10
-    assert len(list(D.iter_split(cache_dir, tok, 'test', None, bs=4, limit=2))[0]) == 2
+    assert len(list(L.iter_split(cache_dir, tok, 'test', None, bs=4, limit=2))[0]) == 2
 
 
 # --- command line --------------------------------------------------------------------------------------------------
@@ -310,7 +312,7 @@ def test_cli_prepare(fake, tmp_path, capsys):
 # --- ground truth of synthetic trees, and the synthetic benchmark itself ------------------------------------------
 
 def test_change_masks_from_synth_style_ground_truth(tmp_path):
-    fk = D.make_fake_mimic(tmp_path/'m', n_subjects=3, traps=False, ground_truth=True)
+    fk = make_fake_mimic(tmp_path/'m', n_subjects=3, traps=False, ground_truth=True)
     cache = D.PairCache(D.prepare(fk.root, tmp_path/'c', size=32, progress=False))
     assert cache.meta['has_change_masks']
     d = cache.questions[cache.questions.question_type == 'difference']
@@ -336,7 +338,7 @@ def test_synthetic_benchmark_prepares(tmp_path, tok):
     assert len(d) == 4 and cache.meta['has_change_masks']
     m = cache.change_mask(d.study_id.iloc[0], d.ref_id.iloc[0])
     assert m is not None and m.shape == (32, 32)
-    b = next(D.iter_split(out, tok, d.split.iloc[0], None, bs=2))
+    b = next(L.iter_split(out, tok, d.split.iloc[0], None, bs=2))
     assert b.main.shape[1:] == (1, 32, 32)
 
 
@@ -365,14 +367,14 @@ def test_equivalent_spellings_give_identical_token_ids_in_every_loader(fake, cac
     want = D.encode_questions(tok, [SPELLINGS[0]])[0].tolist()
     assert want == tok(SPELLINGS[0], add_special_tokens=False)['input_ids']            # the release form is a fixed point
     for split in D.SPLITS:
-        ds = D.PairDataset(out, tok, split, ('difference',), augment=False)
+        ds = L.PairDataset(out, tok, split, ('difference',), augment=False)
         assert {ds[i].question for i in range(len(ds))} <= set(SPELLINGS)
         assert all(ds[i].question_ids.tolist() == want for i in range(len(ds)))         # train (and val, test) items
-        for b in D.iter_split(out, tok, split, ('difference',), bs=4):                   # what evaluation feeds
+        for b in L.iter_split(out, tok, split, ('difference',), bs=4):                   # what evaluation feeds
             assert (b.question_ids == torch.tensor(want)).all() and b.question_mask.all()
-    dls = D.get_dataloaders(out, tok, bs=2, bs_valid=2, device='cpu')
+    dls = L.get_dataloaders(out, tok, bs=2, bs_valid=2, device='cpu')
     assert (dls.train.one_batch()[2] == torch.tensor(want)).all()                        # what training feeds
-    assert set(D.split_texts(out, 'train')) >= {SPELLINGS[0]} and not set(D.split_texts(out, 'train')) & set(SPELLINGS[1:])
+    assert set(L.split_texts(out, 'train')) >= {SPELLINGS[0]} and not set(L.split_texts(out, 'train')) & set(SPELLINGS[1:])
 
 
 @pytest.mark.parametrize('repair', [True, False])
@@ -411,7 +413,7 @@ def test_cli_prepare_reports_glue_and_long_questions(fake, cache_dir, tmp_path, 
     assert (tiny['cut'], tiny['max_question_len'], paper['cut'], paper['max_question_len']) == (1, 24, 1, 32)
     # tiny's count is in the very tokens tiny trains with: the BPE get_tokenizer builds from this cache
     from diffvqa.core import get_preset
-    tok = D.get_tokenizer(tmp_path/'c', get_preset('tiny').model)
+    tok = L.get_tokenizer(tmp_path/'c', get_preset('tiny').model)
     lengths = [len(ids) for ids in D.encode_questions(tok, D.PairCache(tmp_path/'c').questions.question)]
     assert sum(n > 24 for n in lengths) == 1 and tiny['longest'] == max(lengths)
     try: D.load_tokenizer('gpt2'); has_gpt2 = True

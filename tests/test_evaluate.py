@@ -234,7 +234,9 @@ def short_model(tmp_path_factory):
     "A random tiny model that reads at most 6 question tokens, and a small prepared fake release."
     import dataclasses
     from diffvqa.core import get_preset
-    from diffvqa.data import get_tokenizer, make_fake_mimic, prepare
+    from diffvqa.data import prepare
+    from diffvqa.loaders import get_tokenizer
+    from diffvqa.testing import make_fake_mimic
     from diffvqa.model import DiffVQA
     d = tmp_path_factory.mktemp('short')
     make_fake_mimic(d / 'mimic', n_subjects=4, traps=False)
@@ -331,3 +333,11 @@ def test_close_meteor_stops_the_process():  # last: the next METEOR user starts 
     close_meteor()
     assert p.poll() is not None
     close_meteor()  # closing twice is harmless
+
+
+def test_java_tokenizer_progress_line_is_dropped():
+    "pycocoevalcap's Java PTB tokenizer prints a progress line on every call; it does not reach the user's stderr."
+    code = 'import warnings; warnings.simplefilter("ignore"); from diffvqa.evaluate import ptb_tokenize; print(ptb_tokenize(["Hello, World."]))'
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "['hello world']" in r.stdout, r.stderr[-500:]
+    assert 'PTBTokenizer tokenized' not in r.stderr, r.stderr[-500:]

@@ -9,7 +9,7 @@ import torch
 
 from diffvqa.core import get_preset, DiffVQAError, LossConfig
 from diffvqa.losses import (LOSS_TERMS, DiffVQALoss, gram_loss, gram_matrix, koleo_loss, lm_loss, mask_consistency_loss,
-                            mask_to_tokens, prediction_loss)
+                            prediction_loss)
 from diffvqa.registration import registration_loss
 
 torch.set_num_threads(1)
@@ -32,14 +32,6 @@ def test_lm_loss_is_token_mean_over_batch():
     mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]])
     ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids.flatten(), reduction='none').view(2, 4)
     assert lm_loss(logits, ids, mask).item() == pytest.approx((ce * mask).sum().item() / 4, abs=1e-6)
-
-
-def test_mask_to_tokens_area_pooling():
-    M = torch.zeros(1, 1, 4, 4); M[..., :2, :2] = 1; M[..., 2:, 2] = 1
-    assert mask_to_tokens(M, 4).tolist() == [[1., 0., 0., .5]]
-    assert mask_to_tokens(M[:, 0], 4).tolist() == [[1., 0., 0., .5]]
-    assert mask_to_tokens(M, 2, grid=(1, 2)).tolist() == [[.5, .25]]
-    with pytest.raises(ValueError, match='square'): mask_to_tokens(M, 6)
 
 
 def test_mask_consistency_by_hand_and_detached_target():

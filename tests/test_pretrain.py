@@ -22,7 +22,8 @@ def test_bad_input_is_one_line(argv, says, tmp_path, capsys):
 
 
 def test_wrong_size_and_bad_setting(tmp_path, capsys):
-    from diffvqa.data import make_fake_mimic, prepare
+    from diffvqa.data import prepare
+    from diffvqa.testing import make_fake_mimic
     make_fake_mimic(tmp_path/'mimic', n_subjects=4, traps=False)
     cache = prepare(tmp_path/'mimic', tmp_path/'cache', size=32, progress=False)
     rc = main(['pretrain', '--data', str(cache), '--out', str(tmp_path/'out')])

@@ -18,50 +18,18 @@ from safetensors.torch import load_file
 
 from diffvqa.core import DiffVQAError, get_preset
 from diffvqa.losses import LOSS_TERMS
-from diffvqa.train import (add_train_args, cosine_lambda, find_checkpoint, load_checkpoint, run_train, train)
+from diffvqa.testing import fast_caption_scores as fast_scores, small_config as tiny_config
+from diffvqa.train import (add_train_args, find_checkpoint, load_checkpoint, run_train, train)
 
-# A tiny run: 64 px images, 8 training questions in batches of 4, 1 frozen + 1 unfrozen epoch.
-CONFIG_SRC = textwrap.dedent('''
-    from diffvqa.core import get_preset
-    def tiny_config():
-        cfg = get_preset('tiny')
-        m = cfg.model
-        m.image_size = 64
-        m.image_encoder_kwargs = dict(m.image_encoder_kwargs, img_size=64)
-        m.prior_image_size = 56
-        m.prior_kwargs = dict(m.prior_kwargs, image_size=56)
-        cfg.train.epochs_frozen, cfg.train.epochs_unfrozen = 1, 1
-        cfg.train.bs, cfg.train.bs_valid, cfg.train.val_subset = 4, 4, 2
-        return cfg
-
-    def fast_scores(preds, refs):
-        "CIDEr, BLEU-1 and ROUGE-L without the Java tools (whitespace tokens); METEOR left out."
-        from pycocoevalcap.bleu.bleu import Bleu
-        from pycocoevalcap.cider.cider import Cider
-        from pycocoevalcap.rouge.rouge import Rouge
-        tok = lambda s: ' '.join(s.lower().replace('.', ' ').replace(',', ' ').split()) or 'empty'
-        res = {i: [tok(p)] for i, p in enumerate(preds)}
-        gts = {i: [tok(r)] for i, r in enumerate(refs)}
-        return {'CIDEr': Cider().compute_score(gts, res)[0], 'BLEU-1': Bleu(1).compute_score(gts, res, verbose=0)[0][0],
-                'ROUGE-L': Rouge().compute_score(gts, res)[0], 'METEOR': float('nan')}
-    ''')
-_ns: dict = {}
-exec(CONFIG_SRC, _ns)
-tiny_config, fast_scores = _ns['tiny_config'], _ns['fast_scores']
+# A tiny run (diffvqa.testing.small_config): 64 px images, 8 training questions in batches of 4, 1 frozen + 1 unfrozen
+# epoch, scored without Java.
 N_TRAIN = 8
-
-
-def test_lambda_schedule():
-    assert cosine_lambda(0.0) == 1.0
-    assert cosine_lambda(1.0) == 0.5
-    assert math.isclose(cosine_lambda(0.5), 0.75)
-    assert math.isclose(cosine_lambda(0.5, start=0.9, end=0.1), 0.5)
-    assert cosine_lambda(1.2) == 0.5 and cosine_lambda(-1) == 1.0
 
 
 @pytest.fixture(scope='module')
 def cache(tmp_path_factory):
-    from diffvqa.data import make_fake_mimic, prepare
+    from diffvqa.data import prepare
+    from diffvqa.testing import make_fake_mimic
     root = tmp_path_factory.mktemp('fake')
     fm = make_fake_mimic(root/'tree', n_subjects=10, traps=False, seed=0)
     return prepare(fm.root, root/'cache', size=64, progress=False)
@@ -184,8 +152,9 @@ def test_test_split_never_read(ref_run, cache):
     assert not (ref_run['rows'] & (test_rows - other)), 'training read a test-split image'
 
 
-SCRIPT = CONFIG_SRC + textwrap.dedent('''
+SCRIPT = textwrap.dedent('''
     import sys, time, torch
+    from diffvqa.testing import fast_caption_scores as fast_scores, small_config as tiny_config
     from pathlib import Path
     from fastai.callback.core import Callback
     from diffvqa.train import train

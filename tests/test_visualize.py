@@ -6,9 +6,9 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from PIL import Image
 
-from diffvqa.core import DiffVQAError
+from diffvqa.core import DiffVQAError, read_metrics_csv
 from diffvqa.visualize import (checkerboard, mask_range, overlay_pair, overlay_png, overlay_rgb, plot_metric_bars,
-                               plot_training_curves, read_metrics_csv, show_mask_pair, show_mask_parts,
+                               plot_training_curves, show_mask_pair, show_mask_parts,
                                show_registration, to_image, upsample_mask, warp_image)
 
 
