@@ -32,7 +32,8 @@ import torch
 
 from diffvqa.core import PretrainConfig
 from diffvqa.data import prepare
-from diffvqa.evaluate import evaluate_run, learning_summary
+from diffvqa.metrics import learning_summary
+from diffvqa.evaluate import evaluate_run
 from diffvqa.pretrain import cached_pretrain
 from diffvqa.synth import synthesize
 from diffvqa.templates import QUESTION_TYPES

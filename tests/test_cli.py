@@ -66,7 +66,7 @@ def test_unknown_preset_is_one_line():
 def test_score_command_is_registered():
     from diffvqa.cli import build_parser
     cmd = {c.name: c for c in COMMANDS}['score']
-    assert cmd.module == 'diffvqa.evaluate'
+    assert cmd.module == 'diffvqa.score'
     a = build_parser('score').parse_args(['--predictions', 'p.csv'])
     assert (a.predictions, a.questions, a.split, a.question_types, a.allow_missing, a.out) == ('p.csv', None, None, None, False, None)
     r = run('score')

@@ -9,10 +9,11 @@ import pandas as pd
 import pytest
 
 from diffvqa.core import DiffVQAError
-from diffvqa.evaluate import (CAPTION_METRICS, auroc, baseline_metrics, caption_metrics, close_meteor, dilate,
-                              difference_scores, evaluate_predictions, fit_majority_baseline, localisation_metrics,
-                              localisation_scores, long_questions, majority_baseline_predictions, metrics_markdown,
-                              meteor_scorer, write_metrics)
+from diffvqa.metrics import (CAPTION_METRICS, auroc, baseline_metrics, caption_metrics, close_meteor, dilate,
+                             difference_scores, evaluate_predictions, fit_majority_baseline, localisation_metrics,
+                             localisation_scores, majority_baseline_predictions, metrics_markdown, meteor_scorer,
+                             write_metrics)
+from diffvqa.evaluate import long_questions
 from diffvqa.templates import LevelChange, difference_answer
 
 REFS = ['the main image has an additional finding of pneumothorax than the reference image. ',
@@ -337,7 +338,7 @@ def test_close_meteor_stops_the_process():  # last: the next METEOR user starts 
 
 def test_java_tokenizer_progress_line_is_dropped():
     "pycocoevalcap's Java PTB tokenizer prints a progress line on every call; it does not reach the user's stderr."
-    code = 'import warnings; warnings.simplefilter("ignore"); from diffvqa.evaluate import ptb_tokenize; print(ptb_tokenize(["Hello, World."]))'
+    code = 'import warnings; warnings.simplefilter("ignore"); from diffvqa.metrics import ptb_tokenize; print(ptb_tokenize(["Hello, World."]))'
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "['hello world']" in r.stdout, r.stderr[-500:]
     assert 'PTBTokenizer tokenized' not in r.stderr, r.stderr[-500:]
