@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from diffvqa.core import DiffVQAError
-from diffvqa.data import mimic_cxr_jpg, stretch_to_uint8
+from diffvqa.images import mimic_cxr_jpg, stretch_to_uint8
 from diffvqa.predict import MAX_PIXELS, read_film, read_image
 
 # a 3 × 4 gradient: not symmetric under any flip or rotation, so orientation errors show
@@ -141,7 +141,7 @@ def test_exif_orientation_applied(tmp_path, orientation, turn):
 
 
 def test_resize_matches_the_cache(tmp_path):
-    from diffvqa.data import load_image
+    from diffvqa.images import load_image
     rng = np.random.default_rng(0)
     Image.fromarray((rng.random((90, 70)) * 255).astype(np.uint8)).save(tmp_path / 'a.jpg', quality=90)
     Image.fromarray((rng.random((50, 80)) * 255).astype(np.uint8)).save(tmp_path / 'b.png')

@@ -19,7 +19,8 @@ from safetensors.torch import load_file
 from diffvqa.core import DiffVQAError, get_preset
 from diffvqa.losses import LOSS_TERMS
 from diffvqa.testing import fast_caption_scores as fast_scores, small_config as tiny_config
-from diffvqa.train import (add_train_args, find_checkpoint, load_checkpoint, run_train, train)
+from diffvqa.checkpoint import find_checkpoint, load_checkpoint
+from diffvqa.train import add_train_args, run_train, train
 
 # A tiny run (diffvqa.testing.small_config): 64 px images, 8 training questions in batches of 4, 1 frozen + 1 unfrozen
 # epoch, scored without Java.
