@@ -106,3 +106,18 @@ def test_transformers_pin_and_cache_keyword():
     from diffvqa.tokenizer import train_bpe_tokenizer
     model = DiffVQA.from_preset(get_preset('tiny'), tokenizer=train_bpe_tokenizer(['yes', 'no'] * 20, vocab_size=270))
     assert model._cache_kw == ('cache' if v >= Version('5.24') else 'past_key_values')
+
+
+def test_train_help_shows_every_train_config_field():
+    "Each TrainConfig field is a `diffvqa train` flag, with the field's comment in its help (issue 12)."
+    import dataclasses
+    from diffvqa.cli import build_parser
+    from diffvqa.core import TrainConfig
+    p = build_parser('train')
+    flags = {a.dest: a for a in p._actions}
+    for f in dataclasses.fields(TrainConfig):
+        assert f.name in flags, f'--{f.name.replace("_", "-")} missing from diffvqa train'
+        assert 'field default' in flags[f.name].help
+    r = run('train', '--help')
+    assert r.returncode == 0
+    for f in dataclasses.fields(TrainConfig): assert '--' + f.name.replace('_', '-') in r.stdout, f.name
