@@ -162,6 +162,9 @@ class ModelConfig:
     max_question_len: int = 32                               # question tokens kept
     max_answer_len: int = 64                                 # answer tokens kept (eos included)
     pretrained: bool = True                                  # load the weights each component names (False: all random)
+    registration: bool = True                                # learn Θ (False: Θ ≡ I, the no-registration ablation)
+    mask_source: str = 'attention'                           # where M comes from: 'attention' (λU + (1-λ)F) or 'none' (M ≡ 1)
+    blank_films: bool = False                                # both films are zeros before any part sees them (the question-only ablation)
 
 @dataclass
 class LossConfig:

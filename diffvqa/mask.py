@@ -13,9 +13,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 # %% auto #0
-__all__ = ['MaskOutput', 'AdaptiveMask', 'square_grid', 'to_token_grid']
+__all__ = ['MASK_SOURCES', 'MaskOutput', 'AdaptiveMask', 'square_grid', 'to_token_grid']
 
 # %% ../nbs/api/14_mask.ipynb #dd2c0d9a
+MASK_SOURCES: tuple[str, ...] = ('attention', 'none')  # ModelConfig.mask_source: λU + (1-λ)F, or M ≡ 1 (the no-mask ablation)
+
 @dataclass
 class MaskOutput:
     "The shared mask and its parts."

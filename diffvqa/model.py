@@ -19,7 +19,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from .core import (DiffVQAError, ExperimentConfig, ModelConfig, atomic_path, config_from_json, config_to_json, get_preset,
                           patch_to, quiet_weight_loading)
-from .mask import AdaptiveMask, to_token_grid
+from .mask import MASK_SOURCES, AdaptiveMask, to_token_grid
 from .prior import DinoPrior
 from .registration import AffineRegistration
 from .templates import CHANGE_KINDS, FINDINGS
@@ -288,6 +288,8 @@ class DiffVQA(nn.Module):
                 ):
         super().__init__()
         self.config, self.tokenizer = config, check_tokenizer(tokenizer)
+        if config.mask_source not in MASK_SOURCES:
+            raise DiffVQAError(f"mask_source: expected one of {', '.join(MASK_SOURCES)}, got {config.mask_source!r}")
         pre, missing = config.pretrained, []
         def attempt(build):
             try: return build()
@@ -383,21 +385,25 @@ def encode_images(self: DiffVQA,
                  ) -> dict:
     "Steps 1–5 for P pairs: registration, prior, φ, mask, φ on the masked pair; a dict named as in `DiffVQAOutput`."
     ref = torch.where(has_ref.view(-1, 1, 1, 1), ref, main)
-    reg = self.registration(main, ref)
-    eye = torch.eye(2, 3, dtype=reg.theta.dtype, device=reg.theta.device)
-    theta = torch.where(has_ref.view(-1, 1, 1), reg.theta, eye)
-    registered = torch.where(has_ref.view(-1, 1, 1, 1), reg.registered, main)
+    if self.config.blank_films: main, ref = torch.zeros_like(main), torch.zeros_like(ref)
+    eye = torch.eye(2, 3, dtype=main.dtype, device=main.device)
+    if self.config.registration:
+        reg = self.registration(main, ref)
+        theta = torch.where(has_ref.view(-1, 1, 1), reg.theta.to(main.dtype), eye)
+        registered = torch.where(has_ref.view(-1, 1, 1, 1), reg.registered, main)
+    else: theta, registered = eye.expand(len(main), 2, 3), main
     pri = self.prior(registered, ref)
     f, grid = self.image_encoder(torch.cat([registered, ref]))
     f_main, f_ref = f.chunk(2)
     mk = self.mask(f_main, f_ref, pri.U, grid)
-    fm, _ = self.image_encoder(torch.cat([mk.M * registered, mk.M * ref]))  # one M for both visits
+    M = mk.M if self.config.mask_source == 'attention' else torch.ones_like(mk.M)
+    fm, _ = self.image_encoder(torch.cat([M * registered, M * ref]))  # one M for both visits
     f_mask_main, f_mask_ref = fm.chunk(2)
     if self.teacher is not None and self.encoder_trainable and torch.is_grad_enabled():
         with torch.no_grad(): target = self.teacher(torch.cat([registered, ref]))[0].chunk(2)
     else: target = (f_main.detach(), f_ref.detach())
-    return dict(theta=theta, registered=registered, ref=ref, U=pri.U, A_main=pri.A_main, A_ref=pri.A_ref, F=mk.F, M=mk.M,
-                M_tokens=to_token_grid(mk.M, grid), m_main=mk.m_main, m_ref=mk.m_ref, f_main=f_main, f_ref=f_ref,
+    return dict(theta=theta, registered=registered, ref=ref, U=pri.U, A_main=pri.A_main, A_ref=pri.A_ref, F=mk.F, M=M,
+                M_tokens=to_token_grid(M, grid), m_main=mk.m_main, m_ref=mk.m_ref, f_main=f_main, f_ref=f_ref,
                 f_mask_main=f_mask_main, f_mask_ref=f_mask_ref, f_main_target=target[0], f_ref_target=target[1],
                 has_ref=has_ref, grid=grid)
 

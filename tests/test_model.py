@@ -280,3 +280,29 @@ def test_paper_preset_forward_on_cpu():
     with torch.no_grad():
         out = m(torch.rand(1, 1, 384, 384), torch.rand(1, 1, 384, 384), q, torch.ones_like(q), a, torch.ones_like(a))
     assert out.f_main.shape == (1, 144, 1024) and out.logits.shape == (1, 2, len(tok)) and out.U.shape == (1, 1, 384, 384)
+
+
+# ---------------------------------------------------------------- ablation switches (issue 4/5's variants)
+def _variant(tok, **model_fields):
+    cfg = get_preset('tiny').model
+    for k, v in model_fields.items(): setattr(cfg, k, v)
+    torch.manual_seed(0)
+    return DiffVQA(cfg, tok).eval()
+
+
+def test_ablation_switches(tok, batch):
+    main, ref, q, qm, a, am = batch
+    with torch.no_grad():
+        # make the registration CNN predict a real warp, so that switching it off is visible
+        fixed = _variant(tok, registration=False); torch.nn.init.normal_(fixed.registration.head.bias, std=1.0)
+        out = fixed(main, ref, q, qm, a, am)
+        assert torch.equal(out.theta, torch.eye(2, 3).expand(2, 2, 3)) and torch.equal(out.registered, main)
+        learned = _variant(tok); torch.nn.init.normal_(learned.registration.head.bias, std=1.0)
+        assert not torch.allclose(learned(main, ref, q, qm, a, am).theta, out.theta)
+        no_mask = _variant(tok, mask_source='none')(main, ref, q, qm, a, am)
+        assert torch.equal(no_mask.M, torch.ones_like(no_mask.M)) and not torch.equal(no_mask.F, torch.ones_like(no_mask.F))
+        blank = _variant(tok, blank_films=True)
+        o1 = blank(main, ref, q, qm, a, am)
+        o2 = blank(torch.rand_like(main), torch.rand_like(ref), q, qm, a, am)
+        assert torch.equal(o1.logits, o2.logits)  # the films cannot reach the answer
+    with pytest.raises(DiffVQAError, match='mask_source'): _variant(tok, mask_source='gradcam')
