@@ -54,14 +54,16 @@ def answer_batches(model: Any, # a DiffVQA in eval mode
                    num_beams: int = 1, # 1: greedy
                    bf16: bool = False, # autocast generation to bfloat16 (CUDA)
                   ) -> Iterator[tuple[Any, Any]]:
-    "Answer each batch on the model's device without gradients: yields (batch on that device, GenerateOutput)."
+    "Answer each batch on the model's device, by the model's own route (`saliency.answer_questions`): yields (batch on that device, GenerationOutput)."
     import torch
+    from diffvqa.saliency import answer_questions
     dev = next(model.parameters()).device
     ctx = (lambda: torch.autocast('cuda', dtype=torch.bfloat16)) if bf16 else nullcontext
-    with torch.inference_mode():
+    two_pass = model.config.mask_source == 'saliency'   # its Grad-CAM step needs autograd: no_grad, not inference_mode
+    with torch.no_grad() if two_pass else torch.inference_mode():
         for b in batches:
             b = b.to(dev)
-            with ctx(): g = model.generate(b.main, b.ref, b.question_ids, b.question_mask, num_beams=num_beams, pair_ids=b.pair_ids)
+            with ctx(): g = answer_questions(model, b.main, b.ref, b.question_ids, b.question_mask, num_beams=num_beams, pair_ids=b.pair_ids)
             yield b, g
 
 def _swap_images(batches: Iterable[Any], cache: Any, images: str, other: dict | None) -> Iterator[Any]:
@@ -83,7 +85,7 @@ def generate_answers(model: Any, # a DiffVQA in eval mode
                      images: str = 'own', # 'own' films, 'other': another pair's (image control), 'blank': all zero (question only)
                      seed: int = 0, # which other pair, for images='other'
                     ) -> tuple[pd.DataFrame, dict[tuple[int, int], dict[str, np.ndarray]]]:
-    "Answer a split; return one row per question and, per pair, its maps M, U, F [S,S] and registration theta [2,3]."
+    "Answer a split; return one row per question and, per pair, its maps M, U, F [S,S] (no U, F for a saliency model; M of the pair's first question) and registration theta [2,3]."
     from tqdm.auto import tqdm
     from diffvqa.data import PairCache
     from diffvqa.loaders import iter_split
@@ -103,13 +105,19 @@ def generate_answers(model: Any, # a DiffVQA in eval mode
         for i in range(len(b)):
             rows.append(dict(qid=b.qid[i], subject_id=b.subject_id[i], study_id=b.study_id[i], ref_id=b.ref_id[i],
                              question_type=b.question_type[i], question=b.question[i], answer=b.answer[i],
-                             prediction=g.texts[i]))
+                             prediction=g.texts[i]) | _two_pass_columns(g, i))
             key = (b.study_id[i], b.ref_id[i])
             if key not in maps:
-                maps[key] = {k: getattr(g, k)[i, 0].float().cpu().numpy() for k in ('M', 'U', 'F')} | {'theta': g.theta[i].float().cpu().numpy()}
+                maps[key] = {k: getattr(g, k)[i, 0].float().cpu().numpy() for k in ('M', 'U', 'F') if getattr(g, k) is not None} | {'theta': g.theta[i].float().cpu().numpy()}
         bar.update(len(b))
     bar.close()
     return pd.DataFrame(rows), maps
+
+def _two_pass_columns(g: Any, i: int) -> dict[str, str]:
+    "A saliency model's preliminary answer and its keyword for row i ('' for no keyword); nothing for other models."
+    if not hasattr(g, 'preliminary'): return {}
+    kw = g.keywords[i]
+    return dict(preliminary=g.preliminary[i], keyword='' if kw is None else kw.text)
 
 def _other_pair(cache: Any, split: str, question_types: Sequence[str] | None, seed: int) -> dict[tuple[int, int], tuple[int, int]]:
     "Map each (study_id, ref_id) of the selection to the (main_row, ref_row) of a different pair (a seeded cyclic shift)."

@@ -26,11 +26,11 @@ from .core import DiffVQAError, atomic_path, atomic_write
 from .templates import CLOSED_ANSWERS, FINDINGS, QUESTION_TYPES, normalize_answer, parse_difference_answer
 
 # %% auto #0
-__all__ = ['CAPTION_METRICS', 'REQUIRED_COLUMNS', 'PUBLISHED_DIFFERENCE_RESULTS', 'ptb_tokenize', 'meteor_scorer', 'close_meteor',
-           'score_tokenized', 'caption_metrics', 'difference_scores', 'evaluate_predictions', 'dilate', 'auroc',
-           'localisation_scores', 'localisation_metrics', 'registration_metrics', 'ground_truth_metrics',
-           'learning_summary', 'fit_majority_baseline', 'majority_baseline_predictions', 'baseline_metrics',
-           'metrics_markdown', 'write_metrics']
+__all__ = ['CAPTION_METRICS', 'REQUIRED_COLUMNS', 'PUBLISHED_DIFFERENCE_RESULTS', 'COMPARISON_COLUMNS', 'ptb_tokenize',
+           'meteor_scorer', 'close_meteor', 'score_tokenized', 'caption_metrics', 'difference_scores',
+           'evaluate_predictions', 'dilate', 'auroc', 'localisation_scores', 'localisation_metrics',
+           'registration_metrics', 'ground_truth_metrics', 'learning_summary', 'fit_majority_baseline',
+           'majority_baseline_predictions', 'baseline_metrics', 'metrics_markdown', 'write_metrics', 'comparison_table']
 
 # %% ../nbs/api/18_metrics.ipynb #754bd36a
 CAPTION_METRICS: tuple[str, ...] = ('BLEU-1', 'BLEU-2', 'BLEU-3', 'BLEU-4', 'METEOR', 'ROUGE-L', 'CIDEr')
@@ -506,3 +506,26 @@ def write_metrics(out_dir: str | Path, # folder to write into (created if missin
     if 'row' not in df.columns: df.insert(0, 'row', np.arange(len(df)))
     with atomic_path(paths['csv']) as tmp: df.to_csv(tmp, index=False)
     return paths
+
+# %% ../nbs/api/18_metrics.ipynb #3dbd4568
+COMPARISON_COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ('finding F1', ('difference_findings', 'all', 'f1')),
+    ('CIDEr', ('by_type', 'difference', 'CIDEr')), ('METEOR', ('by_type', 'difference', 'METEOR')),
+    ('BLEU-4', ('by_type', 'difference', 'BLEU-4')), ('ROUGE-L', ('by_type', 'difference', 'ROUGE-L')),
+    ('F1, other films', ('image_control', 'difference_findings', 'all', 'f1')),
+    ('M pointing game', ('localisation', 'pointing_game')), ('chance', ('localisation', 'chance_pointing_game')),
+    ('M AUROC', ('localisation', 'auroc')))
+
+def _dig(d: Any, path: Sequence[str]) -> Any:
+    for k in path: d = d.get(k) if isinstance(d, dict) else None
+    return d
+
+def comparison_table(results: dict[str, dict[str, Any]], # model name -> its `evaluate_run` metrics (or an EvaluationResult)
+                    ) -> str:
+    "Markdown: one row per model with COMPARISON_COLUMNS (finding F1, difference caption metrics, image-control F1, mask localisation)."
+    if not results: raise DiffVQAError('results: give at least one evaluation to compare')
+    rows = []
+    for name, m in results.items():
+        m = getattr(m, 'metrics', m)
+        rows.append([name] + [_dig(m, path) for _, path in COMPARISON_COLUMNS])
+    return _table(['model'] + [c for c, _ in COMPARISON_COLUMNS], rows)

@@ -20,6 +20,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .core import DiffVQAError, atomic_write
 from .images import CONVERSIONS, fit_image, jpeg_draft_size, mimic_cxr_jpg, stretch_to_uint8, to_gray8
 from .data import encode_questions
+from .saliency import SaliencyGeneration, answer_questions
 from .templates import is_difference_question, normalize_question
 
 # %% auto #0
@@ -130,11 +131,11 @@ class Prediction:
     answer: str          # the generated answer
     main: np.ndarray     # uint8 [S,S] main image as fed to the model
     ref: np.ndarray      # uint8 [S,S] reference image as fed to the model
-    M: np.ndarray        # float32 [S,S] shared mask λU + (1-λ)F
-    U: np.ndarray        # float32 [S,S] DINO prior
-    F: np.ndarray        # float32 [S,S] learned (adaptive) mask
+    M: np.ndarray        # float32 [S,S] shared mask: λU + (1-λ)F, or the keyword Grad-CAM mask of a saliency run
+    U: np.ndarray | None # float32 [S,S] DINO prior (None: saliency run)
+    F: np.ndarray | None # float32 [S,S] learned (adaptive) mask (None: saliency run)
     theta: np.ndarray    # float32 [2,3] registration Θ = [A t] (main → reference)
-    lam: float           # λ, the prior's weight in M
+    lam: float | None    # λ, the prior's weight in M (None: saliency run)
     score: float         # log-probability of the answer (beam search: length-normalised)
     main_path: str = ''  # the main image file
     ref_path: str = ''   # the reference image file
@@ -143,16 +144,18 @@ class Prediction:
     question_used: str = ''  # the question in the release's spelling, as tokenized
     tokens_cut: int = 0      # question tokens beyond the model's max_question_len, dropped
     conversion: dict = field(default_factory=dict) # 'main'/'ref' -> CONVERSIONS key; 'mimic_conversion' -> the setting
+    saliency: dict = field(default_factory=dict) # saliency run: preliminary answer, keyword, whether M came from Grad-CAM
 
     def to_dict(self) -> dict[str, Any]:
         "The JSON-ready summary written to answer.json."
         return dict(question=self.question, answer=self.answer, main=self.main_path, ref=self.ref_path,
                     model=self.model_path, image_size=int(self.main.shape[-1]), score=float(self.score),
-                    lam=float(self.lam), theta=np.round(self.theta.astype(float), 6).tolist(),
-                    masks={k: mask_stats(getattr(self, k)) for k in ('M', 'U', 'F')},
+                    lam=None if self.lam is None else float(self.lam), theta=np.round(self.theta.astype(float), 6).tolist(),
+                    masks={k: mask_stats(getattr(self, k)) for k in ('M', 'U', 'F') if getattr(self, k) is not None},
                     question_normalized=self.question_used, question_tokens_cut=int(self.tokens_cut),
                     image_conversion=self.conversion | {'steps': {self.conversion[k]: CONVERSIONS[self.conversion[k]]
-                                                                  for k in ('main', 'ref') if self.conversion.get(k) in CONVERSIONS}})
+                                                                  for k in ('main', 'ref') if self.conversion.get(k) in CONVERSIONS}}) \
+               | ({'saliency': self.saliency} if self.saliency else {})
 
 def mask_stats(m: np.ndarray, # [H,W] mask
               ) -> dict[str, Any]:
@@ -226,11 +229,13 @@ def predict(run_or_model: Any, # a run folder (RUN/best is used), a save_pretrai
     q_mask = torch.ones_like(q_ids)
     x_main, x_ref = (torch.from_numpy(a).float().div(255)[None, None].to(dev) for a in (main, ref))
     has_ref = torch.tensor([ref_path is not None], device=dev)
-    gen = model.generate(x_main, x_ref, q_ids, q_mask, max_new_tokens=max_new_tokens, num_beams=num_beams, has_ref=has_ref)
-    lam = model.mask.lam
-    pred = Prediction(question=str(question), answer=gen.texts[0], main=main, ref=ref,
-                      M=_np(gen.M[0, 0]), U=_np(gen.U[0, 0]), F=_np(gen.F[0, 0]), theta=_np(gen.theta[0]),
-                      lam=float(lam), score=float(gen.scores[0]), main_path=str(main_path), ref_path='' if ref_path is None else str(ref_path),
+    with torch.no_grad(): gen = answer_questions(model, x_main, x_ref, q_ids, q_mask, max_new_tokens=max_new_tokens, num_beams=num_beams, has_ref=has_ref)
+    two_pass = isinstance(gen, SaliencyGeneration)
+    sal = dict(preliminary=gen.preliminary[0], keyword=None if gen.keywords[0] is None else gen.keywords[0].text,
+               mask_from_grad_cam=bool(gen.has_target[0])) if two_pass else {}
+    pred = Prediction(question=str(question), answer=gen.texts[0], main=main, ref=ref, M=_np(gen.M[0, 0]),
+                      U=None if gen.U is None else _np(gen.U[0, 0]), F=None if gen.F is None else _np(gen.F[0, 0]),
+                      theta=_np(gen.theta[0]), lam=None if two_pass else float(model.mask.lam), score=float(gen.scores[0]), saliency=sal, main_path=str(main_path), ref_path='' if ref_path is None else str(ref_path),
                       model_path=where, question_used=normalize_question(question), tokens_cut=cut,
                       conversion=dict(main=how_main, ref=how_ref, mimic_conversion=bool(mimic_conversion)))
     if out is not None: write_prediction(pred, out)

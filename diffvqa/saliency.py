@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Callable, Protocol, Sequence, runtime_checkable
 
 import torch
@@ -14,13 +14,16 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
+from .model import DiffVQA, GenerationOutput, pair_groups
+
 from .core import DiffVQAError
 from .templates import FINDINGS, parse_difference_answer
 
 # %% auto #0
 __all__ = ['KEYWORD_SOURCES', 'Keyword', 'KeywordExtractor', 'LexiconKeywordExtractor', 'keyword_spans', 'keyword_target_mask',
            'keyword_targets', 'keyword_logprob', 'unit_max', 'cam_from_gradient', 'grad_cam', 'shared_saliency_mask',
-           'Saliency', 'keyword_saliency']
+           'Saliency', 'keyword_saliency', 'model_saliency', 'SaliencyGeneration', 'two_pass_generate',
+           'answer_questions']
 
 # %% ../nbs/api/16_saliency.ipynb #dab3eabe
 KEYWORD_SOURCES: tuple[str, ...] = ('answer', 'question')
@@ -233,3 +236,78 @@ def keyword_saliency(f_main: Tensor, # [B,N,C] φ tokens of the registered main 
     cm, cr = (cam_from_gradient(f, g, grid, per_image) * keep for f, g in ((fm, gm), (fr, gr)))
     mask = torch.where(keep, shared_saliency_mask(cm, cr, size), 1.)
     return Saliency(mask=mask, cam_main=cm, cam_ref=cr, logprob=lp.detach(), has_target=has)
+
+# %% ../nbs/api/16_saliency.ipynb #f96d85a5
+def model_saliency(model: DiffVQA, # a model with mask_source 'saliency'
+                   main: Tensor, # [B,1,S,S] main (later) images in [0,1]
+                   ref: Tensor,  # [B,1,S,S] reference images in [0,1]
+                   question_ids: Tensor, # [B,Lq] right-padded question tokens
+                   question_mask: Tensor, # [B,Lq] 1/0
+                   answer_ids: Tensor, # [B,La] the answers the keywords come from: ground truth (training) or pass 1 (inference)
+                   pair_ids: Tensor | None = None, # [B] equal ids for questions about the same images
+                   has_ref: Tensor | None = None, # [B] bool, False for single-visit questions
+                   extractor: KeywordExtractor | None = None, # default: LexiconKeywordExtractor()
+                   answers: Sequence[str] | None = None, # the answer texts (default: answer_ids decoded)
+                  ) -> tuple[Saliency, list[Keyword | None]]:
+    "Steps 1–3 on the model: keywords, Grad-CAM of their log-probability on φ(registered main) and φ(ref) with M ≡ 1, one shared mask [B,1,S,S] per question."
+    if model.config.mask_source != 'saliency':
+        raise DiffVQAError(f"model: mask_source is {model.config.mask_source!r}; keyword saliency needs mask_source='saliency'")
+    model._check(main, ref, question_ids, question_mask)
+    B, dev = main.shape[0], main.device
+    has_ref = torch.ones(B, dtype=torch.bool, device=dev) if has_ref is None else has_ref.to(dev).bool()
+    questions = model.tokenizer.batch_decode(question_ids.tolist(), skip_special_tokens=True)
+    keywords, target = keyword_targets(model.tokenizer, answer_ids, questions, answers, extractor)
+    first, index = pair_groups(pair_ids, B, dev)
+    rows, amask = torch.arange(B, device=dev), (answer_ids != model.pad_id).long()
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(): parts = model.encode_images(main[first], ref[first], has_ref[first])  # pass 1: M ≡ 1
+        parts = {k: v[index] if isinstance(v, Tensor) else v for k, v in parts.items()}        # one row per question
+        def logits(fm: Tensor, fr: Tensor) -> Tensor:  # with M ≡ 1 the masked tokens are the whole-film tokens
+            p = parts | dict(f_main=fm, f_ref=fr, f_mask_main=fm, f_mask_ref=fr)
+            return model.answer_logits(model.prefix(p, question_ids, question_mask, rows), answer_ids, amask)
+        sal = keyword_saliency(parts['f_main'], parts['f_ref'], parts['grid'], logits, answer_ids, target, model.config.image_size)
+    finally: model.train(was_training)
+    return sal, keywords
+
+# %% ../nbs/api/16_saliency.ipynb #d1f36324
+@dataclass
+class SaliencyGeneration(GenerationOutput):
+    "Two-pass answers: the final (masked) pass's fields, then what the first pass and the saliency step produced."
+    preliminary: list[str]           # pass-1 answers (M ≡ 1)
+    keywords: list[Keyword | None]   # the keyword of each preliminary answer (None: M ≡ 1 for that row)
+    cam_main: Tensor                 # [B,1,h,w] Grad-CAM of the registered main film
+    cam_ref: Tensor                  # [B,1,h,w] Grad-CAM of the reference
+    has_target: Tensor               # [B] bool: the keyword had token positions, so M came from Grad-CAM
+
+def two_pass_generate(model: DiffVQA, # a model with mask_source 'saliency'
+                      main: Tensor, # [B,1,S,S] main images in [0,1]
+                      ref: Tensor,  # [B,1,S,S] reference images in [0,1]
+                      question_ids: Tensor, # [B,Lq] right-padded question tokens
+                      question_mask: Tensor, # [B,Lq] 1/0
+                      max_new_tokens: int | None = None, # default: config.max_answer_len
+                      num_beams: int = 1, # 1: greedy
+                      length_penalty: float = 1.0, # beam length penalty
+                      pair_ids: Tensor | None = None, # [B] equal ids for questions about the same images
+                      has_ref: Tensor | None = None, # [B] bool, False for single-visit questions
+                      extractor: KeywordExtractor | None = None, # default: LexiconKeywordExtractor()
+                     ) -> SaliencyGeneration:
+    "Pass 1 (M ≡ 1) → keyword of its answer → keyword Grad-CAM shared mask → pass 2 through that mask; deterministic in eval mode."
+    kw = dict(max_new_tokens=max_new_tokens, num_beams=num_beams, length_penalty=length_penalty, has_ref=has_ref)
+    first = model.generate(main, ref, question_ids, question_mask, pair_ids=pair_ids, **kw)
+    sal, keywords = model_saliency(model, main, ref, question_ids, question_mask, first.ids, pair_ids, has_ref, extractor, first.texts)
+    final = model.generate(main, ref, question_ids, question_mask, mask=sal.mask, **kw)
+    return SaliencyGeneration(**{f.name: getattr(final, f.name) for f in fields(GenerationOutput)}, preliminary=first.texts,
+                              keywords=keywords, cam_main=sal.cam_main, cam_ref=sal.cam_ref, has_target=sal.has_target)
+
+def answer_questions(model: DiffVQA, # any DiffVQA
+                     main: Tensor, # [B,1,S,S] main images in [0,1]
+                     ref: Tensor,  # [B,1,S,S] reference images in [0,1]
+                     question_ids: Tensor, # [B,Lq] right-padded question tokens
+                     question_mask: Tensor, # [B,Lq] 1/0
+                     **kwargs, # generate's options: max_new_tokens, num_beams, length_penalty, pair_ids, has_ref
+                    ) -> GenerationOutput:
+    "The model's answers by its own route: `two_pass_generate` when mask_source is 'saliency', else `DiffVQA.generate`."
+    if model.config.mask_source == 'saliency': return two_pass_generate(model, main, ref, question_ids, question_mask, **kwargs)
+    return model.generate(main, ref, question_ids, question_mask, **kwargs)

@@ -32,7 +32,7 @@ from fastcore.basics import noop
 from tqdm.auto import tqdm
 
 from .checkpoint import _unwrap, find_checkpoint, load_checkpoint, save_checkpoint
-from .core import (DiffVQAError, ExperimentConfig, TrainConfig, add_config_args, apply_overrides, atomic_dir,
+from .core import (PRESETS, DiffVQAError, ExperimentConfig, TrainConfig, add_config_args, apply_overrides, atomic_dir,
                           atomic_write, config_from_json, config_overrides, config_to_json, get_preset, make_run_dir,
                           read_metrics_csv, seed_everything, write_metrics_csv)
 from .data import PairCache
@@ -42,15 +42,16 @@ from .losses import LOSS_TERMS, DiffVQALoss
 from .metrics import caption_metrics
 from .model import DiffVQA
 from .pretrain import apply_pretrained
+from .saliency import KeywordExtractor, model_saliency
 from .templates import QUESTION_TYPES
 from .tokenizer import load_tokenizer
 from .visualize import plot_training_curves
 
 # %% auto #0
 __all__ = ['cosine_lambda', 'run_progress', 'epoch_seed', 'seed_epoch', 'set_encoder_frozen', 'set_lambda', 'get_lambda',
-           'TwoStage', 'EpochSeed', 'LambdaSchedule', 'LossTerms', 'EpochGradientAccumulation', 'BF16Autocast',
-           'validation_subset', 'CaptionScores', 'RunKeeper', 'plot_run', 'TrainResult', 'train', 'copy_config',
-           'add_train_args', 'run_train']
+           'TwoStage', 'EpochSeed', 'LambdaSchedule', 'LossTerms', 'EpochGradientAccumulation', 'SaliencyMasks',
+           'BF16Autocast', 'validation_subset', 'CaptionScores', 'RunKeeper', 'plot_run', 'TrainResult', 'train',
+           'copy_config', 'add_train_args', 'run_train']
 
 # %% ../nbs/api/24_train.ipynb #b02c6ae8
 def cosine_lambda(progress: float, # fraction of all training iterations done, in [0, 1] (clipped)
@@ -183,6 +184,17 @@ class EpochGradientAccumulation(GradientAccumulation):
         self.count += bs
         if self.count < self.n_acc and self.iter < self.n_iter - 1: raise CancelBatchException()
         self.count = 0
+
+class SaliencyMasks(Callback):
+    "The saliency variant's loop, per batch: keyword of the ground-truth answer → Grad-CAM on both registered films (M ≡ 1) → one shared mask per question, appended to the inputs, so the loss sees the masked pass."
+    order = -10  # before BF16Autocast, so the saliency step runs in float32
+    def __init__(self, extractor: KeywordExtractor | None = None): # default: LexiconKeywordExtractor()
+        self.extractor, self.coverage = extractor, float('nan')
+    def before_batch(self):
+        main, ref, q_ids, q_mask, a_ids, a_mask, pair_ids, has_ref = self.learn.xb
+        sal, _ = model_saliency(_unwrap(self.learn.model), main, ref, q_ids, q_mask, a_ids, pair_ids, has_ref, self.extractor)
+        self.coverage = float(sal.has_target.float().mean())   # share of the batch whose mask came from Grad-CAM
+        self.learn.xb = (*self.learn.xb, sal.mask)
 
 class BF16Autocast(Callback):
     "bfloat16 autocast around the forward pass and the loss (CUDA)."
@@ -440,6 +452,7 @@ def _build_learner(r: _Run, cache: PairCache, cbs: Sequence[Callback], scorer: C
     keeper = RunKeeper(r.path, stages, total, cfg.seed, state.get('history', []), best if best is not None else float('-inf'),
                        state.get('best_epoch'), verbose=verbose and is_main)
     callbacks = [stages, EpochSeed(cfg.seed), LambdaSchedule(total, t.lambda_start, t.lambda_end), terms, scores, keeper]
+    if m.mask_source == 'saliency': callbacks.append(SaliencyMasks())
     if t.grad_accum > 1: callbacks.append(EpochGradientAccumulation(t.grad_accum, t.bs))
     if bf16: callbacks.append(BF16Autocast())
     enc = set(id(p) for p in model.image_encoder.parameters())
@@ -508,7 +521,8 @@ def add_train_args(p: argparse.ArgumentParser, # the `diffvqa train` parser
     "Flags of `diffvqa train`: the run's files, then one flag per `TrainConfig` field (from its definition)."
     p.add_argument('--data', type=Path, default=None, help='prepared cache (diffvqa prepare); on --resume, default: the run\'s')
     p.add_argument('--out', type=Path, default=None, help='run folder to create (must be empty or absent)')
-    p.add_argument('--preset', default='tiny', help='tiny (CPU, minutes) or paper (the published configuration)')
+    p.add_argument('--preset', default='tiny', metavar='|'.join(PRESETS), help='tiny (CPU, minutes), paper (the published configuration), '
+                   'saliency (the saliency-guided variant: ResNet-50 + GPT-2) or saliency-tiny (that variant on the tiny preset)')
     p.add_argument('--pretrained', type=Path, default=None, metavar='DIR', help='start the encoders from a `diffvqa pretrain` folder')
     p.add_argument('--seed', type=int, default=None, help='the run\'s seed (default: the preset\'s, 42)')
     p.add_argument('--max-train-questions', type=int, default=None, help='train on a seeded sample of this many questions')
