@@ -351,3 +351,14 @@ def test_train_and_predict_a_saliency_run(tmp_path):
     assert (tmp_path/'pred'/'overlay.png').stat().st_size > 0 and pred.U is None and pred.lam is None
     assert set(written['masks']) == {'M'} and set(written['saliency']) == {'preliminary', 'keyword', 'mask_from_grad_cam'}
     assert written['answer'] == pred.answer
+
+
+def test_saliency_preset_shapes_on_meta_device():
+    "ResNet-50 (7 x 7 x 2048 at 224 px) + GPT-2 small, no prior; published weights load from local files only, or one line."
+    from diffvqa.model import DiffVQA, placeholder_tokenizer
+    with torch.device('meta'):
+        m = DiffVQA.from_preset('saliency', tokenizer=placeholder_tokenizer(), pretrained=False)
+    assert m.prior is None and m.grid == (7, 7) and m.image_encoder.dim == 2048 and m.config.image_size == 224
+    assert m.decoder.config.n_embd == 768 and m.decoder.config.n_layer == 12 and m.teacher is None
+    with pytest.raises(DiffVQAError) as e: DiffVQA.from_preset('saliency', tokenizer=placeholder_tokenizer(), pretrained=True)
+    assert '\n' not in str(e.value) and 'resnet50' in str(e.value) and 'gpt2' in str(e.value) and 'rad-dino' not in str(e.value)
