@@ -26,10 +26,11 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['PRESETS', 'DiffVQAError', 'patch_to', 'atomic_path', 'atomic_write', 'quiet_weight_loading', 'atomic_dir',
-           'write_metrics_csv', 'read_metrics_csv', 'ModelConfig', 'LossConfig', 'TrainConfig', 'PretrainConfig',
-           'ExperimentConfig', 'get_preset', 'config_to_dict', 'config_to_json', 'config_from_json', 'add_config_args',
-           'config_overrides', 'apply_overrides', 'seed_everything', 'package_versions', 'git_commit', 'make_run_dir']
+__all__ = ['SALIENCY_VARIANT', 'PRESETS', 'DiffVQAError', 'patch_to', 'atomic_path', 'atomic_write', 'quiet_weight_loading',
+           'atomic_dir', 'write_metrics_csv', 'read_metrics_csv', 'ModelConfig', 'LossConfig', 'TrainConfig',
+           'PretrainConfig', 'ExperimentConfig', 'saliency_variant', 'get_preset', 'config_to_dict', 'config_to_json',
+           'config_from_json', 'add_config_args', 'config_overrides', 'apply_overrides', 'seed_everything',
+           'package_versions', 'git_commit', 'make_run_dir']
 
 # %% ../nbs/api/00_core.ipynb #830513af
 class DiffVQAError(Exception):
@@ -163,7 +164,7 @@ class ModelConfig:
     max_answer_len: int = 64                                 # answer tokens kept (eos included)
     pretrained: bool = True                                  # load the weights each component names (False: all random)
     registration: bool = True                                # learn Θ (False: Θ ≡ I, the no-registration ablation)
-    mask_source: str = 'attention'                           # where M comes from: 'attention' (λU + (1-λ)F) or 'none' (M ≡ 1)
+    mask_source: str = 'attention'                           # where M comes from: 'attention' (λU + (1-λ)F), 'none' (M ≡ 1) or 'saliency' (keyword Grad-CAM, given per batch)
     blank_films: bool = False                                # both films are zeros before any part sees them (the question-only ablation)
 
 @dataclass
@@ -249,9 +250,31 @@ def _tiny() -> ExperimentConfig:
     train = TrainConfig(lr=1e-3, epochs_frozen=2, epochs_unfrozen=2, bs=48, bs_valid=64, val_subset=64, mixed_precision='no', lambda_end=0.8)
     return ExperimentConfig(model=model, loss=LossConfig(alpha_changes=1.0), train=train, preset='tiny')
 
-PRESETS: dict[str, Any] = {'paper': ExperimentConfig, 'tiny': _tiny}
+SALIENCY_VARIANT: dict[str, dict[str, Any]] = {
+    'model': dict(mask_source='saliency', encoder_teacher=False),   # M from keyword Grad-CAM; no DINO prior is built
+    'loss': dict(alpha_mask=0.0, alpha_pred=0.0, alpha_gram=0.0, alpha_koleo=0.0),  # the attention model's mask terms off
+}
 
-def get_preset(name: str, # 'paper' or 'tiny'
+def saliency_variant(cfg: ExperimentConfig, # any configuration (changed in place and returned)
+                     preset: str | None = None, # the new preset name (None: keep cfg.preset)
+                    ) -> ExperimentConfig:
+    "The saliency-guided variant of `cfg`: every field of SALIENCY_VARIANT set, the rest kept."
+    for part, fields in SALIENCY_VARIANT.items():
+        for k, v in fields.items(): setattr(getattr(cfg, part), k, v)
+    if preset is not None: cfg.preset = preset
+    return cfg
+
+def _saliency() -> ExperimentConfig:
+    "ResNet-50 (ImageNet weights, 224 px: a 7×7 grid of 2048 channels) + GPT-2 small, with the paper preset's text side."
+    return saliency_variant(ExperimentConfig(model=ModelConfig(image_size=224, image_encoder='resnet50', prior=None)), 'saliency')
+
+def _saliency_tiny() -> ExperimentConfig:
+    "The tiny preset (its φ pretrained by `diffvqa pretrain`) with M from keyword Grad-CAM."
+    return saliency_variant(_tiny(), 'saliency-tiny')
+
+PRESETS: dict[str, Any] = {'paper': ExperimentConfig, 'tiny': _tiny, 'saliency': _saliency, 'saliency-tiny': _saliency_tiny}
+
+def get_preset(name: str, # a key of PRESETS: 'paper', 'tiny', 'saliency', 'saliency-tiny'
               ) -> ExperimentConfig:
     "A fresh copy of a named preset."
     if name not in PRESETS: raise DiffVQAError(f"--preset: unknown preset {name!r} (choose from {', '.join(PRESETS)})")

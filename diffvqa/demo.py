@@ -19,13 +19,16 @@ from .metrics import learning_summary
 from .templates import QUESTION_TYPES
 
 # %% auto #0
-__all__ = ['DemoConfig', 'DemoResult', 'targets_table', 'write_report', 'demo', 'add_demo_args', 'run_demo']
+__all__ = ['DEMO_PRESETS', 'DemoConfig', 'DemoResult', 'targets_table', 'write_report', 'demo', 'add_demo_args', 'run_demo']
 
 # %% ../nbs/api/27_demo.ipynb #5cf13ea2
+DEMO_PRESETS: tuple[str, ...] = ('tiny', 'saliency-tiny')  # presets that pretrain and train on CPU from the tiny encoders
+
 @dataclass
 class DemoConfig:
     "Sizes of the demo run (defaults fit about 15 minutes on 2 CPU cores, install included)."
     n_pairs: int = 800                  # synthetic (reference, main) pairs
+    preset: str = 'tiny'                # 'tiny' (the method) or 'saliency-tiny' (the saliency-guided variant); both from the tiny encoders
     seed: int = 0                       # seed of data and training
     pretrain_epochs: int = 15           # image-encoder epochs of `diffvqa pretrain` (the other parts scale with it)
     epochs_frozen: int = 5              # stage 1 epochs
@@ -134,7 +137,7 @@ def write_report(out: str | Path, # the demo folder
     head = lambda k: (m.get(k) or {}).get('headline')
     lines = ['# diffvqa demo report', '',
              'Synthetic longitudinal chest X-ray pairs rendered from a real CT -> cache -> encoders pretrained on the '
-             'training films -> `tiny` preset trained in two stages on 2 CPU cores -> evaluation on the test split. '
+             f'training films -> `{config.preset}` preset trained in two stages on 2 CPU cores -> evaluation on the test split. '
              'These numbers are on synthetic data and are **not** comparable with results published on MIMIC (the last '
              'table shows those for orientation only).', '',
              '## Does the model read the films?', '',
@@ -172,8 +175,9 @@ def demo(out: str | Path = 'demo_out', # folder for data, cache, run, evaluation
     from diffvqa.train import train
     cfg, out = config or DemoConfig(), Path(out)
     if cfg.n_pairs < 12: raise DiffVQAError(f'--n-pairs: the demo needs at least 12 pairs to fill three splits, not {cfg.n_pairs}')
+    if cfg.preset not in DEMO_PRESETS: raise DiffVQAError(f"--preset: the demo trains {' or '.join(DEMO_PRESETS)} on CPU, not {cfg.preset!r}")
     out.mkdir(parents=True, exist_ok=True)
-    size = get_preset('tiny').model.image_size
+    size = get_preset(cfg.preset).model.image_size
     seconds: dict[str, float] = {}
     def step(name: str):
         print(f'[demo] {name} ...', flush=True)
@@ -187,7 +191,7 @@ def demo(out: str | Path = 'demo_out', # folder for data, cache, run, evaluation
     pre, reused = cached_pretrain(cache, 'tiny', cfg.pretrain_config(), progress=progress)
     if reused: print(f'[demo] pretrain: reusing {pre} (same training films and settings)', flush=True)
     done('pretrain'); step('train')
-    res = train(cache, out/'run', preset='tiny', pretrained=pre, seed=cfg.seed, max_train_questions=cfg.max_train_questions,
+    res = train(cache, out/'run', preset=cfg.preset, pretrained=pre, seed=cfg.seed, max_train_questions=cfg.max_train_questions,
                 overwrite=True, progress=progress, epochs_frozen=cfg.epochs_frozen, epochs_unfrozen=cfg.epochs_unfrozen,
                 question_types=cfg.question_types, val_subset=cfg.val_subset)
     done('train'); step('evaluate')

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 __all__ = ['MASK_SOURCES', 'MaskOutput', 'AdaptiveMask', 'square_grid', 'to_token_grid']
 
 # %% ../nbs/api/14_mask.ipynb #dd2c0d9a
-MASK_SOURCES: tuple[str, ...] = ('attention', 'none')  # ModelConfig.mask_source: λU + (1-λ)F, or M ≡ 1 (the no-mask ablation)
+MASK_SOURCES: tuple[str, ...] = ('attention', 'none', 'saliency')  # ModelConfig.mask_source: λU + (1-λ)F, M ≡ 1 (the no-mask ablation), or a keyword Grad-CAM given from outside (chapter 16)
 
 @dataclass
 class MaskOutput:

@@ -238,14 +238,14 @@ class DiffVQAOutput:
     theta: Tensor        # [P,2,3] registration Θ = [A t] (for L_reg)
     registered: Tensor   # [P,1,S,S] the main image warped onto the reference
     ref: Tensor          # [P,1,S,S] the reference image as given (beside `registered`, for the optional similarity term)
-    U: Tensor            # [P,1,S,S] DINO prior max(A_main, A_ref), no gradient
-    A_main: Tensor       # [P,1,S,S] DINO map of the registered main image
-    A_ref: Tensor        # [P,1,S,S] DINO map of the reference image
-    F: Tensor            # [P,1,S,S] adaptive mask σ(h(m_main, m_ref)), resized to the image
-    M: Tensor            # [P,1,S,S] the shared mask λU + (1-λ)F applied to both visits
+    U: Tensor | None     # [P,1,S,S] DINO prior max(A_main, A_ref), no gradient (None: mask_source 'saliency')
+    A_main: Tensor | None # [P,1,S,S] DINO map of the registered main image (None: 'saliency')
+    A_ref: Tensor | None # [P,1,S,S] DINO map of the reference image (None: 'saliency')
+    F: Tensor | None     # [P,1,S,S] adaptive mask σ(h(m_main, m_ref)), resized to the image (None: 'saliency')
+    M: Tensor            # [P,1,S,S] the shared mask applied to both visits: λU + (1-λ)F, ones, or the given Grad-CAM mask
     M_tokens: Tensor     # [P,N] M averaged over each token's cell (multiplies f in the mask-consistency loss)
-    m_main: Tensor       # [P,N] per-token mask probabilities σ(g(f_main))
-    m_ref: Tensor        # [P,N] per-token mask probabilities σ(g(f_ref))
+    m_main: Tensor | None # [P,N] per-token mask probabilities σ(g(f_main)) (None: 'saliency')
+    m_ref: Tensor | None # [P,N] per-token mask probabilities σ(g(f_ref)) (None: 'saliency')
     f_main: Tensor       # [P,N,C] φ(registered main): encoder tokens before the projector
     f_ref: Tensor        # [P,N,C] φ(reference)
     f_mask_main: Tensor  # [P,N,C] φ(M ⊙ registered main)
@@ -264,8 +264,8 @@ class GenerationOutput:
     ids: Tensor          # [B,T] generated token ids (eos included, then pad)
     texts: list[str]     # decoded answers, special tokens stripped
     M: Tensor            # [B,1,S,S] the shared mask
-    U: Tensor            # [B,1,S,S] DINO prior
-    F: Tensor            # [B,1,S,S] adaptive mask
+    U: Tensor | None     # [B,1,S,S] DINO prior (None: mask_source 'saliency')
+    F: Tensor | None     # [B,1,S,S] adaptive mask (None: mask_source 'saliency')
     theta: Tensor        # [B,2,3] the registration Θ (reference grid → main image)
     scores: Tensor       # [B] sum of log-probabilities of the chosen sequence (beam search: length-normalised)
 
@@ -295,7 +295,7 @@ class DiffVQA(nn.Module):
             try: return build()
             except DiffVQAError as e: missing.append(str(e))
         self.registration = attempt(lambda: build_registration(config, pre))
-        self.prior = attempt(lambda: DinoPrior.from_config(config, pre))
+        self.prior = None if config.mask_source == 'saliency' else attempt(lambda: DinoPrior.from_config(config, pre))  # Grad-CAM needs no prior
         self.image_encoder = attempt(lambda: ImageEncoder(config.image_encoder, pre, config.image_encoder_weights,
                                                           config.image_standardize, **config.image_encoder_kwargs))
         self.teacher = copy.deepcopy(self.image_encoder).requires_grad_(False).eval() if config.encoder_teacher and self.image_encoder else None
@@ -382,8 +382,13 @@ def encode_images(self: DiffVQA,
                   main: Tensor, # [P,1,S,S] main (later) images in [0,1]
                   ref: Tensor,  # [P,1,S,S] reference (earlier) images in [0,1] (ignored where has_ref is False)
                   has_ref: Tensor, # [P] bool
+                  mask: Tensor | None = None, # [P,1,S,S] M from outside (mask_source 'saliency' only; None there: M ≡ 1)
                  ) -> dict:
     "Steps 1–5 for P pairs: registration, prior, φ, mask, φ on the masked pair; a dict named as in `DiffVQAOutput`."
+    saliency = self.config.mask_source == 'saliency'
+    if mask is not None and (not saliency or tuple(mask.shape) != tuple(main.shape)):
+        raise DiffVQAError(f"mask: a model with mask_source='saliency' takes M as [P,1,S,S] like main {list(main.shape)}; "
+                           f"this one has mask_source={self.config.mask_source!r} and got {list(mask.shape)}")
     ref = torch.where(has_ref.view(-1, 1, 1, 1), ref, main)
     if self.config.blank_films: main, ref = torch.zeros_like(main), torch.zeros_like(ref)
     eye = torch.eye(2, 3, dtype=main.dtype, device=main.device)
@@ -392,18 +397,23 @@ def encode_images(self: DiffVQA,
         theta = torch.where(has_ref.view(-1, 1, 1), reg.theta.to(main.dtype), eye)
         registered = torch.where(has_ref.view(-1, 1, 1, 1), reg.registered, main)
     else: theta, registered = eye.expand(len(main), 2, 3), main
-    pri = self.prior(registered, ref)
     f, grid = self.image_encoder(torch.cat([registered, ref]))
     f_main, f_ref = f.chunk(2)
-    mk = self.mask(f_main, f_ref, pri.U, grid)
-    M = mk.M if self.config.mask_source == 'attention' else torch.ones_like(mk.M)
-    fm, _ = self.image_encoder(torch.cat([M * registered, M * ref]))  # one M for both visits
-    f_mask_main, f_mask_ref = fm.chunk(2)
+    if saliency: pri = mk = None; M = torch.ones_like(registered) if mask is None else mask.to(registered.dtype)
+    else:
+        pri = self.prior(registered, ref)
+        mk = self.mask(f_main, f_ref, pri.U, grid)
+        M = mk.M if self.config.mask_source == 'attention' else torch.ones_like(mk.M)
+    if saliency and mask is None: f_mask_main, f_mask_ref = f_main, f_ref  # M ≡ 1: φ(M ⊙ x) is φ(x), no second pass
+    else:
+        fm, _ = self.image_encoder(torch.cat([M * registered, M * ref]))  # one M for both visits
+        f_mask_main, f_mask_ref = fm.chunk(2)
     if self.teacher is not None and self.encoder_trainable and torch.is_grad_enabled():
         with torch.no_grad(): target = self.teacher(torch.cat([registered, ref]))[0].chunk(2)
     else: target = (f_main.detach(), f_ref.detach())
-    return dict(theta=theta, registered=registered, ref=ref, U=pri.U, A_main=pri.A_main, A_ref=pri.A_ref, F=mk.F, M=M,
-                M_tokens=to_token_grid(M, grid), m_main=mk.m_main, m_ref=mk.m_ref, f_main=f_main, f_ref=f_ref,
+    g = lambda part, k: None if part is None else getattr(part, k)
+    return dict(theta=theta, registered=registered, ref=ref, U=g(pri, 'U'), A_main=g(pri, 'A_main'), A_ref=g(pri, 'A_ref'),
+                F=g(mk, 'F'), M=M, M_tokens=to_token_grid(M, grid), m_main=g(mk, 'm_main'), m_ref=g(mk, 'm_ref'), f_main=f_main, f_ref=f_ref,
                 f_mask_main=f_mask_main, f_mask_ref=f_mask_ref, f_main_target=target[0], f_ref_target=target[1],
                 has_ref=has_ref, grid=grid)
 
@@ -427,13 +437,25 @@ def encode(self: DiffVQA,
            question_mask: Tensor, # [B,Lq] 1 for tokens, 0 for padding
            pair_ids: Tensor | None = None, # [B] equal ids for questions about the same images (None: all distinct)
            has_ref: Tensor | None = None, # [B] bool, False for single-visit questions (None: all have a reference)
+           mask: Tensor | None = None, # [B,1,S,S] each question's M from outside (mask_source 'saliency'); pairs are then not shared
           ) -> Prefix:
     "Steps 1–7: the image side once per distinct pair, the projector and the text encoder → the decoder prefix."
     self._check(main, ref, question_ids, question_mask)
     B, dev = main.shape[0], main.device
     has_ref = torch.ones(B, dtype=torch.bool, device=dev) if has_ref is None else has_ref.to(dev).bool()
-    first, index = pair_groups(pair_ids, B, dev)
-    parts = self.encode_images(main[first], ref[first], has_ref[first])
+    first, index = pair_groups(None if mask is not None else pair_ids, B, dev)  # a mask per question: one image side per question
+    parts = self.encode_images(main[first], ref[first], has_ref[first], None if mask is None else mask[first])
+    return self.prefix(parts, question_ids, question_mask, index)
+
+@patch_to(DiffVQA)
+def prefix(self: DiffVQA,
+           parts: dict, # `encode_images` output for P pairs (f_main, f_ref, f_mask_main, f_mask_ref, has_ref)
+           question_ids: Tensor, # [B,Lq] right-padded question tokens
+           question_mask: Tensor, # [B,Lq] 1 for tokens, 0 for padding
+           index: Tensor, # [B] each question's row in `parts`
+          ) -> Prefix:
+    "Steps 6–7 from given image tokens: projector, text encoder, special tokens → the decoder prefix."
+    B, dev = question_ids.shape[0], question_ids.device
     img_main, img_ref = self.projector(torch.cat([parts['f_mask_main'], parts['f_mask_ref']]),
                                        torch.cat([parts['f_main'], parts['f_ref']])).chunk(2)
     img_ref = torch.where(parts['has_ref'].view(-1, 1, 1), img_ref, self.no_prior.to(img_ref.dtype))
@@ -463,17 +485,27 @@ def forward(self: DiffVQA,
             answer_mask: Tensor, # [B,La] 1/0
             pair_ids: Tensor | None = None, # [B] equal ids for questions about the same images
             has_ref: Tensor | None = None, # [B] bool, False for single-visit questions
+            mask: Tensor | None = None, # [B,1,S,S] each question's M (mask_source 'saliency'; None: M ≡ 1)
            ) -> DiffVQAOutput:
     "Teacher-forced pass: the decoder reads the prefix then answer_ids[:, :-1]; logits[:, t] predicts answer_ids[:, t]."
-    pre = self.encode(main, ref, question_ids, question_mask, pair_ids, has_ref)
-    La = answer_ids.shape[1]
-    embeds = torch.cat([pre.question, self._answer_embeds(pre, answer_ids[:, :-1])], dim=1)
-    logits, _ = self._read(pre, embeds, answer_mask[:, :-1], keep=La)
+    pre = self.encode(main, ref, question_ids, question_mask, pair_ids, has_ref, mask)
+    logits = self.answer_logits(pre, answer_ids, answer_mask)
     p = pre.parts
     f_pred_main, f_pred_ref = self.pred_head(torch.cat([p['f_mask_main'], p['f_mask_ref']])).chunk(2)
     z = torch.cat([p['f_mask_main'].mean(1), p['f_mask_ref'].mean(1)], dim=-1)
     change = self.change_head(pre.answer_bias) if self.change_head is not None else None
     return DiffVQAOutput(logits=logits, change_logits=change, f_pred_main=f_pred_main, f_pred_ref=f_pred_ref, z=z, **p)
+
+@patch_to(DiffVQA)
+def answer_logits(self: DiffVQA,
+                  pre: Prefix, # from `encode` or `prefix`
+                  answer_ids: Tensor, # [B,La] answer tokens then eos, right-padded
+                  answer_mask: Tensor, # [B,La] 1/0
+                 ) -> Tensor:
+    "Teacher-forced answer logits [B,La,V]: logits[:, t] predicts answer_ids[:, t]."
+    embeds = torch.cat([pre.question, self._answer_embeds(pre, answer_ids[:, :-1])], dim=1)
+    logits, _ = self._read(pre, embeds, answer_mask[:, :-1], keep=answer_ids.shape[1])
+    return logits
 
 # %% ../nbs/api/15_model.ipynb #e558ea8f
 @patch_to(DiffVQA)
@@ -574,20 +606,22 @@ def generate(self: DiffVQA,
              length_penalty: float = 1.0, # beam scores are divided by length**length_penalty
              pair_ids: Tensor | None = None, # [B] equal ids for questions about the same images
              has_ref: Tensor | None = None, # [B] bool, False for single-visit questions
+             mask: Tensor | None = None, # [B,1,S,S] each question's M (mask_source 'saliency'; None: M ≡ 1)
             ) -> GenerationOutput:
     "Answer each question (batched greedy or beam search with GPT-2's key/value cache), in eval mode."
     if num_beams < 1: raise DiffVQAError(f'num_beams: must be at least 1, got {num_beams}')
     was_training = self.training
     self.eval()
     try:
-        pre = self.encode(main, ref, question_ids, question_mask, pair_ids, has_ref)
+        pre = self.encode(main, ref, question_ids, question_mask, pair_ids, has_ref, mask)
         steps = max_new_tokens or self.config.max_answer_len
         ids, scores = self._greedy(pre, steps) if num_beams == 1 else self._beam_search(pre, steps, num_beams, length_penalty)
     finally:
         self.train(was_training)
     texts = [t.strip() for t in self.tokenizer.batch_decode(ids.tolist(), skip_special_tokens=True)]
     p, i = pre.parts, pre.parts['pair_index']
-    return GenerationOutput(ids=ids, texts=texts, M=p['M'][i], U=p['U'][i], F=p['F'][i], theta=p['theta'][i], scores=scores)
+    rows = lambda k: None if p[k] is None else p[k][i]
+    return GenerationOutput(ids=ids, texts=texts, M=p['M'][i], U=rows('U'), F=rows('F'), theta=p['theta'][i], scores=scores)
 
 # %% ../nbs/api/15_model.ipynb #4712ff7c
 @patch_to(DiffVQA)

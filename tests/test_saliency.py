@@ -1,5 +1,6 @@
 "Saliency-guided variant: keyword per answer form, keyword token spans in BPE ids, Grad-CAM by hand, shared mask, no parameter gradients, determinism, and the tiny DiffVQA path."
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -217,53 +218,147 @@ def test_keyword_saliency_is_bit_identical_when_repeated():
     assert not torch.equal(run(True).mask, run(False).mask)  # the switch does change the mask
 
 
-def _answer_logits_from_tokens(model, q_ids, q_mask, a_ids, a_mask):
-    "What DiffVQA.encode + forward do after φ, starting from the (unmasked) tokens: the logits the decoder gives the answer."
-    def fn(fm, fr):
-        B, N = fm.shape[:2]
-        img_main, img_ref = model.projector(torch.cat([fm, fr])).chunk(2)
-        wte = model.decoder.get_input_embeddings()
-        text = model.text_encoder(wte(q_ids), q_mask)
-        s_img, s_qtn, s_ans = (e.expand(B, 1, -1) for e in wte(model.special_ids).unsqueeze(1))
-        embeds = torch.cat([s_img, img_main, s_img, img_ref, s_qtn, text, s_ans, wte(a_ids[:, :-1])], dim=1)
-        ones = torch.ones(B, 2 * img_main.shape[1] + 3, dtype=torch.long)   # grid tokens (+ the summary token)
-        attn = torch.cat([ones, q_mask.long(), ones[:, :1], a_mask[:, :-1].long()], dim=1)
-        pos = (attn.cumsum(1) - 1).clamp(min=0)
-        return model.decoder(inputs_embeds=embeds, attention_mask=attn, position_ids=pos, use_cache=False,
-                             logits_to_keep=a_ids.shape[1]).logits
-    return fn
-
-
-def test_tiny_diffvqa_keyword_saliency(tok):
-    "The interface fits the real model: φ tokens, its decoder as answer_logits, two-pass style under no_grad."
-    from diffvqa.model import DiffVQA
-    torch.manual_seed(0)
-    model = DiffVQA.from_preset('tiny', tokenizer=tok).eval()
-    S = model.config.image_size
+def test_grad_cam_peaks_in_the_region_the_answer_reads():
+    """A hand-made model: channel 0 carries brightness inside the upper-left quadrant only, channel 1 outside it, and the
+    answer 'effusion' is scored from channel 0. A bright disc in the quadrant, a brighter distractor outside it: the
+    map and the shared mask peak at the disc, never at the distractor."""
+    S, P = 32, 4                                               # 32 px films, 4 px cells: an 8 x 8 token grid
+    inside = torch.zeros(8, 8); inside[:4, :4] = 1             # the upper-left quadrant of the grid
+    def tokens(x):                                             # [B,1,S,S] -> [B,64,2]
+        b = torch.nn.functional.avg_pool2d(x, P).flatten(1)    # brightness per cell
+        return torch.stack([b * inside.flatten(), b * (1 - inside.flatten())], -1)
+    def answer_logits(fm, fr):                                 # [B,1,2]: word 0 'effusion' reads channel 0 of both visits
+        e = 10 * (fm[..., 0].mean(1) + fr[..., 0].mean(1))
+        return torch.stack([e, torch.zeros_like(e)], -1)[:, None]
+    yy, xx = torch.meshgrid(torch.arange(S), torch.arange(S), indexing='ij')
     g = torch.Generator().manual_seed(0)
-    main, ref = torch.rand(2, 1, S, S, generator=g), torch.rand(2, 1, S, S, generator=g)
-    questions, answers = [DIFFERENCE_QUESTION, view_question(0)], [difference_answer(added=['pneumothorax']).strip(), 'PA view']
+    for cy, cx in [(5, 6), (10, 3), (12, 12), (3, 13)]:
+        disc = (((yy - cy) ** 2 + (xx - cx) ** 2) <= 9).float()
+        distractor = (((yy - 24) ** 2 + (xx - 24) ** 2) <= 16).float()
+        main = (0.1 * torch.rand(1, 1, S, S, generator=g) + 0.6 * disc + 0.9 * distractor).clamp(0, 1)
+        small = (((yy - cy) ** 2 + (xx - cx) ** 2) <= 4).float()   # the finding was smaller at the reference visit
+        ref = (0.1 * torch.rand(1, 1, S, S, generator=g) + 0.6 * small + 0.9 * distractor).clamp(0, 1)
+        with torch.no_grad():
+            sal = keyword_saliency(tokens(main), tokens(ref), (8, 8), answer_logits, torch.zeros(1, 1, dtype=torch.long),
+                                   torch.ones(1, 1, dtype=torch.bool), S)
+        r, c = divmod(int(sal.cam_main[0, 0].argmax()), 8)
+        assert (r, c) == (cy // P, cx // P)                    # the cell holding the disc centre
+        assert sal.cam_main[0, 0][inside == 0].max() == 0      # nothing outside the region the answer reads
+        assert divmod(int(sal.cam_ref[0, 0].argmax()), 8) == (cy // P, cx // P)
+        r, c = divmod(int(sal.mask[0, 0].argmax()), S)
+        assert abs(r - cy) <= P and abs(c - cx) <= P and sal.mask[0, 0, 24, 24] < 0.05
+
+
+def _saliency_model(tok, seed=0):
+    from diffvqa.core import saliency_variant
+    from diffvqa.model import DiffVQA
+    from diffvqa.testing import small_config
+    torch.manual_seed(seed)
+    return DiffVQA(saliency_variant(small_config()).model, tok).eval()
+
+
+def _pair_batch(tok, S, B=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    main, ref = torch.rand(B, 1, S, S, generator=g), torch.rand(B, 1, S, S, generator=g)
+    questions = [DIFFERENCE_QUESTION, presence_question('edema'), view_question(0)][:B]
     q = tok(questions, add_special_tokens=False, padding=True, return_tensors='pt')
-    A, _ = _pad(tok, answers)
+    return main, ref, q['input_ids'], q['attention_mask']
+
+
+def test_saliency_model_has_no_prior_and_its_step_matches_the_forward_pass(tok):
+    "M ≡ 1 when no mask is given; the logits Grad-CAM differentiates are forward's; masks per question, eval mode, no .grad."
+    from diffvqa.saliency import model_saliency
+    model = _saliency_model(tok)
+    S = model.config.image_size
+    assert model.prior is None and model.config.mask_source == 'saliency'
+    main, ref, q_ids, q_mask = _pair_batch(tok, S)
+    A, _ = _pad(tok, [difference_answer(added=['pneumothorax']).strip(), 'yes', 'PA view'])
     a_mask = (A != tok.pad_token_id).long()
-    kws, target = keyword_targets(tok, A, questions, answers)
-    assert kws == [Keyword('pneumothorax', 'added'), None]
-    fn = _answer_logits_from_tokens(model, q['input_ids'], q['attention_mask'], A, a_mask)
     with torch.no_grad():
-        reg = model.registration(main, ref)
-        f, grid = model.image_encoder(torch.cat([reg.registered, ref]))
-        f_main, f_ref = f.chunk(2)
-        s1 = keyword_saliency(f_main, f_ref, grid, fn, A, target, S)
-        s2 = keyword_saliency(f_main, f_ref, grid, fn, A, target, S)
-    for k in ('mask', 'cam_main', 'cam_ref', 'logprob'): assert torch.equal(getattr(s1, k), getattr(s2, k)), k
+        out = model(main, ref, q_ids, q_mask, A, a_mask)
+        parts = model.encode_images(main, ref, torch.ones(3, dtype=torch.bool))
+        logits = model.answer_logits(model.prefix(parts, q_ids, q_mask, torch.arange(3)), A, a_mask)
+    assert out.U is None and out.F is None and torch.equal(out.M, torch.ones_like(main))
+    torch.testing.assert_close(logits, out.logits)
+    model.train()
+    sal, kws = model_saliency(model, main, ref, q_ids, q_mask, A, pair_ids=torch.tensor([0, 0, 1]))
+    assert model.training and all(p.grad is None for p in model.parameters())
+    assert kws == [Keyword('pneumothorax', 'added'), Keyword('edema', 'question', 'question'), None]
+    assert sal.has_target.tolist() == [True, True, False] and torch.equal(sal.mask[2], torch.ones(1, S, S))
+    assert sal.mask[0].amax() == 1 and sal.mask[0].amin() < 1
+    # the mask goes in: a masked forward differs from the unmasked one where M is not all ones
+    with torch.no_grad(): masked = model.eval()(main, ref, q_ids, q_mask, A, a_mask, mask=sal.mask)
+    assert torch.equal(masked.M, sal.mask) and not torch.allclose(masked.logits[0], out.logits[0])
+    torch.testing.assert_close(masked.logits[2], out.logits[2])
+    with pytest.raises(DiffVQAError, match='mask'): model(main, ref, q_ids, q_mask, A, a_mask, mask=sal.mask[:, :, :8])
+
+
+def test_two_pass_inference_is_deterministic(tok):
+    from diffvqa.saliency import SaliencyGeneration, answer_questions, model_saliency, two_pass_generate
+    model = _saliency_model(tok, seed=1)
+    main, ref, q_ids, q_mask = _pair_batch(tok, model.config.image_size, seed=1)
+    with torch.no_grad():
+        runs = [answer_questions(model, main, ref, q_ids, q_mask, max_new_tokens=6) for _ in range(2)]
+        a, b = runs
+        assert isinstance(a, SaliencyGeneration)
+        assert a.texts == b.texts and a.preliminary == b.preliminary and a.keywords == b.keywords
+        for k in ('ids', 'M', 'cam_main', 'cam_ref', 'theta', 'scores'): assert torch.equal(getattr(a, k), getattr(b, k)), k
+        # the final pass ran through the Grad-CAM mask of the preliminary answer
+        first = model.generate(main, ref, q_ids, q_mask, max_new_tokens=6)
+        sal, _ = model_saliency(model, main, ref, q_ids, q_mask, first.ids, answers=first.texts)
+        assert first.texts == a.preliminary and torch.equal(sal.mask, a.M)
+        again = two_pass_generate(model, main, ref, q_ids, q_mask, max_new_tokens=6, extractor=lambda ans, q=None: Keyword('edema', 'llm', 'question'))
+    assert all(k == Keyword('edema', 'llm', 'question') for k in again.keywords)  # a pluggable extractor
     assert all(p.grad is None for p in model.parameters())
-    assert s1.mask.shape == (2, 1, S, S) and s1.cam_main.shape == (2, 1, *grid)
-    assert s1.cam_main[0].amax() == 1. and s1.mask[0].amax() == 1. and s1.mask[0].amin() < 1.
-    assert torch.equal(s1.mask[1], torch.ones(1, S, S))  # 'PA view': no keyword, no saliency
-    assert s1.logprob[0] < 0 and s1.logprob[1] == 0
-    # Grad-CAM through the full graph (φ included) gives the same maps as the leaf re-entry
-    f, _ = model.image_encoder(torch.cat([reg.registered, ref]))
-    f_main, f_ref = f.chunk(2)
-    obj = keyword_logprob(fn(f_main, f_ref), A, target).sum()
-    torch.testing.assert_close(grad_cam(f_main, obj, grid), s1.cam_main, atol=1e-5, rtol=1e-4)
-    model.zero_grad(set_to_none=True)
+
+
+def test_attention_model_answers_in_one_pass(tok):
+    from diffvqa.model import DiffVQA, GenerationOutput
+    from diffvqa.saliency import SaliencyGeneration, answer_questions, model_saliency
+    from diffvqa.testing import small_config
+    torch.manual_seed(0)
+    model = DiffVQA(small_config().model, tok).eval()
+    main, ref, q_ids, q_mask = _pair_batch(tok, model.config.image_size, B=1)
+    with torch.no_grad(): g = answer_questions(model, main, ref, q_ids, q_mask, max_new_tokens=3)
+    assert type(g) is GenerationOutput and not isinstance(g, SaliencyGeneration) and g.U is not None
+    with pytest.raises(DiffVQAError, match="mask_source='saliency'"): model_saliency(model, main, ref, q_ids, q_mask, g.ids)
+    with pytest.raises(DiffVQAError, match='mask'): model.generate(main, ref, q_ids, q_mask, mask=torch.ones_like(main))
+
+
+def test_train_and_predict_a_saliency_run(tmp_path):
+    "A few steps of the saliency loop on the fake release write a run; predict on it writes the Grad-CAM mask overlay."
+    import json
+    from diffvqa.core import get_preset, saliency_variant
+    from diffvqa.data import prepare
+    from diffvqa.predict import predict
+    from diffvqa.testing import fast_caption_scores, make_fake_mimic, small_config
+    from fastai.callback.core import Callback
+    from diffvqa.train import train
+    fm = make_fake_mimic(tmp_path/'tree', n_subjects=10, traps=False, seed=0)
+    cache = prepare(fm.root, tmp_path/'cache', size=64, progress=False)
+    assert get_preset('saliency-tiny').model.mask_source == 'saliency' and get_preset('saliency').model.image_encoder == 'resnet50'
+    seen = []
+    class Spy(Callback):   # records how many inputs the model is given
+        order = 50
+        def before_batch(self): seen.append(len(self.learn.xb))
+    res = train(cache, tmp_path/'run', config=saliency_variant(small_config()), max_train_questions=8, cbs=[Spy()],
+                scorer=fast_caption_scores, progress=False, verbose=False)
+    assert res.epochs_done == 2 and res.best_dir is not None and set(seen) == {9}   # 8 inputs + the saliency mask
+    assert json.loads((tmp_path/'run'/'config.json').read_text())['model']['mask_source'] == 'saliency'
+    films = sorted(Path(fm.root).rglob('*.jpg'))
+    pred = predict(tmp_path/'run', films[1], films[0], DIFFERENCE_QUESTION, out=tmp_path/'pred')
+    written = json.loads((tmp_path/'pred'/'answer.json').read_text())
+    assert (tmp_path/'pred'/'overlay.png').stat().st_size > 0 and pred.U is None and pred.lam is None
+    assert set(written['masks']) == {'M'} and set(written['saliency']) == {'preliminary', 'keyword', 'mask_from_grad_cam'}
+    assert written['answer'] == pred.answer
+
+
+def test_saliency_preset_shapes_on_meta_device():
+    "ResNet-50 (7 x 7 x 2048 at 224 px) + GPT-2 small, no prior; published weights load from local files only, or one line."
+    from diffvqa.model import DiffVQA, placeholder_tokenizer
+    with torch.device('meta'):
+        m = DiffVQA.from_preset('saliency', tokenizer=placeholder_tokenizer(), pretrained=False)
+    assert m.prior is None and m.grid == (7, 7) and m.image_encoder.dim == 2048 and m.config.image_size == 224
+    assert m.decoder.config.n_embd == 768 and m.decoder.config.n_layer == 12 and m.teacher is None
+    with pytest.raises(DiffVQAError) as e: DiffVQA.from_preset('saliency', tokenizer=placeholder_tokenizer(), pretrained=True)
+    assert '\n' not in str(e.value) and 'resnet50' in str(e.value) and 'gpt2' in str(e.value) and 'rad-dino' not in str(e.value)
