@@ -27,7 +27,7 @@ __all__ = ['VARIANTS', 'BASELINE', 'QUICK', 'COLUMNS', 'LOWER_IS_BETTER', 'UNIT_
            'resolve_config', 'base_config', 'variant_config', 'columns_of', 'sentence_scores', 'pair_units',
            'unit_statistics', 'paired_bootstrap', 'prepare_data', 'pretrained_for', 'run_name', 'run_one', 'summarise',
            'format_tables', 'claim_verdict', 'claims_section', 'plot_differences', 'AblationResult', 'collect',
-           'write_outputs', 'run_ablation', 'cli_command', 'main']
+           'write_outputs', 'check_study', 'run_ablation', 'cli_command', 'main']
 
 # %% ../nbs/api/28_ablation.ipynb #fef6214f
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -46,18 +46,18 @@ BASELINE: str = 'most frequent answer'  # not trained: the most frequent trainin
 # %% ../nbs/api/28_ablation.ipynb #55bdafd7
 @dataclass
 class AblationConfig:
-    "Every setting of the ablation study; the defaults are the full study (about 75 min on 2 CPU cores), `quick` the CI check."
+    "Every setting of the ablation study; the defaults are the committed full study, `quick` the CI check."
     out: str = 'ablation_out'            # work folder: data, cache, runs, evaluations, ablation.md/json/png
-    n_pairs: int = 2000                  # synthetic (reference, main) pairs
-    image_size: int = 128                # film side in pixels (128: the tiny preset; smaller shrinks its encoders)
+    n_pairs: int = 600                   # synthetic (reference, main) pairs
+    image_size: int = 64                 # film side in pixels (128: the tiny preset; smaller shrinks its encoders)
     data_seed: int = 1                   # seed of the synthetic data (one data set for every run)
     seeds: tuple[int, ...] = (0, 1, 2)   # training (and pretraining) seeds
     variants: tuple[str, ...] = (*VARIANTS, BASELINE)  # rows of the table (names of VARIANTS, and the baseline)
     epochs: int = 4                      # training epochs in all (both stages)
     epochs_frozen: int = 2               # stage-1 epochs among them (φ frozen)
-    max_train_questions: int | None = 768  # training questions per epoch (a seeded sample; None, or 0 on the command line: all)
+    max_train_questions: int | None = 960  # training questions per epoch (a seeded sample; None, or 0 on the command line: all)
     val_subset: int = 32                 # validation questions answered for CIDEr model selection each epoch
-    pretrain_epochs: int = 12            # image-encoder epochs of `diffvqa pretrain` (prior and registration in proportion)
+    pretrain_epochs: int = 6             # image-encoder epochs of `diffvqa pretrain` (prior and registration in proportion)
     test_limit: int | None = None        # test questions answered (None: all)
     bootstrap: int = 2000                # paired bootstrap resamples of the test pairs
     threads: int = 2                     # torch threads
@@ -468,6 +468,19 @@ def write_outputs(cfg: AblationConfig, # the study's settings
     return AblationResult(out=out, paths=paths, rows=rows, complete=complete)
 
 # %% ../nbs/api/28_ablation.ipynb #284d4297
+_FREE = ('out', 'seeds', 'variants', 'bootstrap', 'threads', 'workers', 'quick')   # settings a resumed study may change
+
+def check_study(cfg: AblationConfig, # resolved settings
+               ) -> None:
+    "Record the settings every run depends on in OUT/study.json; a study resumed with other ones is refused (one line)."
+    path, want = Path(cfg.out)/'study.json', {k: v for k, v in asdict(cfg).items() if k not in _FREE}
+    want = json.loads(json.dumps(want))
+    if path.is_file():
+        have = json.loads(path.read_text())
+        diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+        if diff: raise DiffVQAError(f"--out {cfg.out}: holds a study run with other settings ({', '.join(diff)}); use another folder")
+    else: atomic_write(path, json.dumps(want, indent=1))
+
 def run_ablation(cfg: AblationConfig | None = None, # the settings (default: the full study)
                  command: str | None = None, # the command to record (default: the `python -m diffvqa.ablation` equivalent)
                 ) -> AblationResult:
@@ -476,6 +489,7 @@ def run_ablation(cfg: AblationConfig | None = None, # the settings (default: the
     cfg = resolve_config(cfg or AblationConfig())
     command = command or cli_command(cfg)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    check_study(cfg)
     cache = prepare_data(cfg)
     trained = [v for v in cfg.variants if v != BASELINE]
     for s in cfg.seeds:
