@@ -51,13 +51,14 @@ class AblationConfig:
     n_pairs: int = 600                   # synthetic (reference, main) pairs
     image_size: int = 64                 # film side in pixels (128: the tiny preset; smaller shrinks its encoders)
     data_seed: int = 1                   # seed of the synthetic data (one data set for every run)
-    seeds: tuple[int, ...] = (0, 1, 2)   # training (and pretraining) seeds
+    seeds: tuple[int, ...] = (0, 1, 2)   # training seeds (and pretraining seeds when pretrain_seed is None)
     variants: tuple[str, ...] = (*VARIANTS, BASELINE)  # rows of the table (names of VARIANTS, and the baseline)
-    epochs: int = 4                      # training epochs in all (both stages)
-    epochs_frozen: int = 2               # stage-1 epochs among them (φ frozen)
-    max_train_questions: int | None = 960  # training questions per epoch (a seeded sample; None, or 0 on the command line: all)
-    val_subset: int = 32                 # validation questions answered for CIDEr model selection each epoch
+    epochs: int = 2                      # training epochs in all (both stages)
+    epochs_frozen: int = 1               # stage-1 epochs among them (φ frozen)
+    max_train_questions: int | None = 384  # training questions per epoch (a seeded sample; None, or 0 on the command line: all)
+    val_subset: int = 16                 # validation questions answered for CIDEr model selection each epoch
     pretrain_epochs: int = 6             # image-encoder epochs of `diffvqa pretrain` (prior and registration in proportion)
+    pretrain_seed: int | None = 0        # one pretraining (this seed) shared by every run; None: each seed pretrains its own
     test_limit: int | None = None        # test questions answered (None: all)
     bootstrap: int = 2000                # paired bootstrap resamples of the test pairs
     threads: int = 2                     # torch threads
@@ -284,14 +285,14 @@ def run_one(variant: str, # a key of VARIANTS
     from diffvqa.data import PairCache
     from diffvqa.evaluate import evaluate_run
     from diffvqa.train import train
-    name = run_name(variant, seed)
+    name, pre_seed = run_name(variant, seed), seed if cfg.pretrain_seed is None else cfg.pretrain_seed
     run, ev_dir = Path(cfg.out)/'runs'/name, Path(cfg.out)/'evals'/name
     if (ev_dir/'units.csv').is_file(): return json.loads((ev_dir/'record.json').read_text()) | {'skipped': True}
     torch.set_num_threads(cfg.threads)
     exp, use_pretrained = variant_config(variant, cfg, seed)
     t0 = time.time()
     if (run/'config.json').is_file(): train(resume=run, progress=False, verbose=False)
-    else: train(cache, run, config=exp, pretrained=pretrained_for(cache, cfg, seed) if use_pretrained else None, seed=seed,
+    else: train(cache, run, config=exp, pretrained=pretrained_for(cache, cfg, pre_seed) if use_pretrained else None, seed=seed,
                 max_train_questions=cfg.max_train_questions, overwrite=True, progress=False, verbose=False)
     t1 = time.time()
     ev = evaluate_run(run, cache, split='test', question_types=QUESTION_TYPES, out=ev_dir, limit=cfg.test_limit,
