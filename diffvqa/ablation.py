@@ -55,18 +55,18 @@ class AblationConfig:
     variants: tuple[str, ...] = (*VARIANTS, BASELINE)  # rows of the table (names of VARIANTS, and the baseline)
     epochs: int = 2                      # training epochs in all (both stages)
     epochs_frozen: int = 1               # stage-1 epochs among them (φ frozen)
-    max_train_questions: int | None = 1152  # training questions per epoch (a seeded sample; None, or 0 on the command line: all)
+    max_train_questions: int | None = 768  # training questions per epoch (a seeded sample; None, or 0 on the command line: all)
     val_subset: int = 32                 # validation questions answered for CIDEr model selection each epoch
     pretrain_epochs: int = 12            # image-encoder epochs of `diffvqa pretrain` (prior and registration in proportion)
     pretrain_seed: int | None = None     # None: each seed pretrains its own encoders; an int: one pretraining (that seed) for every run
-    test_limit: int | None = None        # test questions answered (None: all)
+    test_limit: int | None = 600         # the first test questions answered, whole pairs in file order (None: all)
     bootstrap: int = 2000                # paired bootstrap resamples of the test pairs
-    threads: int = 2                     # torch threads
+    threads: int = 1                     # torch threads (1: much faster than 2 on cores shared with other jobs)
     workers: int = 2                     # synth / prepare processes
     quick: bool = False                  # the CI check: QUICK's sizes for every setting left at its default
 
 QUICK: dict[str, Any] = dict(n_pairs=40, image_size=64, seeds=(0, 1), epochs=2, epochs_frozen=1, max_train_questions=16,
-                             val_subset=2, pretrain_epochs=1, pretrain_seed=0, bootstrap=200)
+                             val_subset=2, pretrain_epochs=1, pretrain_seed=0, test_limit=None, bootstrap=200)
 
 def resolve_config(cfg: AblationConfig, # as given (flags or notebook parameters)
                   ) -> AblationConfig:
