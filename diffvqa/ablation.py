@@ -48,25 +48,25 @@ BASELINE: str = 'most frequent answer'  # not trained: the most frequent trainin
 class AblationConfig:
     "Every setting of the ablation study; the defaults are the committed full study, `quick` the CI check."
     out: str = 'ablation_out'            # work folder: data, cache, runs, evaluations, ablation.md/json/png
-    n_pairs: int = 2000                  # synthetic (reference, main) pairs
-    image_size: int = 128                # film side in pixels (128: the tiny preset; smaller shrinks its encoders)
+    n_pairs: int = 600                   # synthetic (reference, main) pairs
+    image_size: int = 64                 # film side in pixels (128: the tiny preset; smaller shrinks its encoders)
     data_seed: int = 1                   # seed of the synthetic data (one data set for every run)
     seeds: tuple[int, ...] = (0, 1, 2)   # training seeds (and pretraining seeds when pretrain_seed is None)
     variants: tuple[str, ...] = (*VARIANTS, BASELINE)  # rows of the table (names of VARIANTS, and the baseline)
-    epochs: int = 2                      # training epochs in all (both stages)
-    epochs_frozen: int = 1               # stage-1 epochs among them (φ frozen)
-    max_train_questions: int | None = 768  # training questions per epoch (a seeded sample; None, or 0 on the command line: all)
-    val_subset: int = 32                 # validation questions answered for CIDEr model selection each epoch
-    pretrain_epochs: int = 12            # image-encoder epochs of `diffvqa pretrain` (prior and registration in proportion)
-    pretrain_seed: int | None = None     # None: each seed pretrains its own encoders; an int: one pretraining (that seed) for every run
-    test_limit: int | None = 600         # the first test questions answered, whole pairs in file order (None: all)
+    epochs: int = 4                      # training epochs in all (both stages)
+    epochs_frozen: int = 2               # stage-1 epochs among them (φ frozen)
+    max_train_questions: int | None = 1440  # training questions per epoch (a seeded sample; None, or 0 on the command line: all)
+    val_subset: int = 16                 # validation questions answered for CIDEr model selection each epoch
+    pretrain_epochs: int = 6             # image-encoder epochs of `diffvqa pretrain` (prior and registration in proportion)
+    pretrain_seed: int | None = 0        # one pretraining (this seed) for every run; None: each seed pretrains its own encoders
+    test_limit: int | None = None        # only the first test questions (questions are grouped by pair in file order; None: all)
     bootstrap: int = 2000                # paired bootstrap resamples of the test pairs
     threads: int = 1                     # torch threads (1: much faster than 2 on cores shared with other jobs)
     workers: int = 2                     # synth / prepare processes
     quick: bool = False                  # the CI check: QUICK's sizes for every setting left at its default
 
 QUICK: dict[str, Any] = dict(n_pairs=40, image_size=64, seeds=(0, 1), epochs=2, epochs_frozen=1, max_train_questions=16,
-                             val_subset=2, pretrain_epochs=1, pretrain_seed=0, test_limit=None, bootstrap=200)
+                             val_subset=2, pretrain_epochs=1, bootstrap=200)
 
 def resolve_config(cfg: AblationConfig, # as given (flags or notebook parameters)
                   ) -> AblationConfig:
