@@ -352,7 +352,9 @@ def format_tables(rows: dict[str, Any], # from `summarise`
     b = [head, rule] + [f'| {v} | {seeds(r)} | ' + ' | '.join(_ci(r.get('vs_full', {}).get(k), k) for k in COLUMNS) + ' |'
                         for v, r in rows.items() if v != 'full']
     return ['### Mean ± standard deviation over seeds', '', *a, '', '### Difference from the full method, with its paired 95% bootstrap interval', '',
-            '(variant − full on the same seeds and test pairs; * where the interval excludes 0)', '', *b]
+            '(variant − full on the same seeds and test pairs; * where the interval excludes 0). The interval resamples test '
+            'pairs with the seeds held fixed: it says whether a difference is larger than the test set\'s noise, not whether '
+            'another seed would repeat it; read it beside the seed spread of the first table.', '', *b]
 
 # %% ../nbs/api/28_ablation.ipynb #db21f897
 CLAIMS: tuple[tuple[str, str], ...] = (
@@ -381,6 +383,12 @@ def claims_section(rows: dict[str, Any], # from `summarise`
         nums = '; '.join(f'{COLUMNS[k]} {_ci(d[k], k)}' for k in ('f1', 'CIDEr', 'closed'))
         extra = f"; mask AUROC {_ci(d['auroc'], 'auroc')}, pointing game {_ci(d['pointing'], 'pointing')}" if variant == 'no mask' else ''
         out.append(f"- **{claim}: {claim_verdict(d)}** (without it, minus full: {nums}{extra}).")
+    qo = rows.get('question only', {}).get('vs_full')
+    if qo and claim_verdict(qo) != 'holds':   # blank films cost nothing: the answers do not come from the films
+        out += ['', "**Caveat: the full method's answers do not depend on its films here.** Training on blank films lowers "
+                f"no answer measure (verdict for the films themselves: {claim_verdict(qo)}; closed accuracy {_ci(qo['closed'], 'closed')}), "
+                "so an answer-level verdict above measures training noise, not what the part adds to reading the films; "
+                'only the mask and registration columns, which score the films directly, say something about the parts.']
     return out
 
 def plot_differences(rows: dict[str, Any], # from `summarise`
@@ -441,11 +449,13 @@ def _header(cfg: AblationConfig, rows: dict, records: dict, command: str, wall: 
     status = ('complete: every variant over every seed' if not todo else
               f'**partial**: {len(records)} of {len(records) + len(todo)} variant/seed runs done; missing ' + ', '.join(f'{v} (seed {s})' for v, s in todo))
     v = package_versions()
+    trained = sorted({json.loads(p.read_text()).get('git_commit') or '?' for p in Path(cfg.out).glob('runs/*/versions.json')})
     return ['# Ablation study on the synthetic benchmark', '',
             f'Status: {status}.', '', '```bash', command, '```', '',
-            f'Wall time of the invocation that wrote this file: {wall / 60:.1f} min; training and evaluation of the runs: '
-            f'{secs / 60:.1f} min in all (each run is kept on disk, so a resumed study counts only the new ones here).', '',
-            f'git commit {git_commit(Path(__file__).parent) if "__file__" in globals() else git_commit()}; Python {v["python"]}, torch {v["torch"]}, '
+            f'Training and evaluation of the {len(records)} runs on disk: {secs / 60:.1f} min wall in all (pretraining and data not '
+            f'included); this invocation: {wall / 60:.1f} min (a resumed study skips the runs on disk).', '',
+            f"Runs trained at git commit {', '.join(trained)}; this report written at "
+            f'{git_commit(Path(__file__).parent) if "__file__" in globals() else git_commit()}; Python {v["python"]}, torch {v["torch"]}, '
             f'numpy {v["numpy"]}, pycocoevalcap {v["pycocoevalcap"]}, diffvqa {v["diffvqa"]}; {v["platform"]}.', '',
             '```json', json.dumps(asdict(cfg), indent=None), '```', '']
 
