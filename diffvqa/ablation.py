@@ -452,7 +452,7 @@ def _header(cfg: AblationConfig, rows: dict, records: dict, command: str, wall: 
     trained = sorted({json.loads(p.read_text()).get('git_commit') or '?' for p in Path(cfg.out).glob('runs/*/versions.json')})
     return ['# Ablation study on the synthetic benchmark', '',
             f'Status: {status}.', '', '```bash', command, '```', '',
-            f'Training and evaluation of the {len(records)} runs on disk: {secs / 60:.1f} min wall in all (pretraining and data not '
+            f'Training and evaluation of the {sum(v != BASELINE for v, _ in records)} trained runs on disk: {secs / 60:.1f} min wall in all (pretraining and data not '
             f'included); this invocation: {wall / 60:.1f} min (a resumed study skips the runs on disk).', '',
             f"Runs trained at git commit {', '.join(trained)}; this report written at "
             f'{git_commit(Path(__file__).parent) if "__file__" in globals() else git_commit()}; Python {v["python"]}, torch {v["torch"]}, '
