@@ -482,7 +482,7 @@ def apply_pretrained(model_config: ModelConfig, # the model to start from these 
     except json.JSONDecodeError as e: raise DiffVQAError(f'{f}: unreadable ({e})') from None
     if info.get('format') != PRETRAINED_FORMAT: raise DiffVQAError(f'{f}: not a diffvqa pretrained folder')
     want, have = _arch(model_config), info.get('architecture', {})
-    diff = sorted(k for k in want if json.dumps(want[k]) != json.dumps(have.get(k)))
+    diff = sorted(k for k in want if json.dumps(want[k], sort_keys=True) != json.dumps(have.get(k), sort_keys=True))  # key order is not architecture
     if diff: raise DiffVQAError(f'--pretrained {path}: trained for another architecture ({", ".join(diff)} differ)')
     cfg = copy.deepcopy(model_config)
     for k, rel in info['fields'].items(): setattr(cfg, k, str((path/rel).resolve()))
