@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from .core import (DiffVQAError, ExperimentConfig, add_config_args, apply_overrides, atomic_write, config_overrides,
+from .core import (SALIENCY_VARIANT, DiffVQAError, ExperimentConfig, add_config_args, apply_overrides, atomic_write, config_overrides,
                           get_preset, git_commit, package_versions)
 from .templates import CLOSED_ANSWERS, QUESTION_TYPES, normalize_answer
 
@@ -40,6 +40,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     'no stage-1 freezing': {'epochs_frozen': 0},                    # φ trains from the first epoch (same total epochs)
     'no pretraining': {'pretrained': False},                        # φ, prior and registration start from random weights
     'question only': {'model.blank_films': True},                   # films zeroed before any part: the question alone
+    # the saliency-guided method (issue 5/5): M from keyword Grad-CAM instead of λU + (1-λ)F, the mask terms off
+    'saliency mask': {f'{part}.{k}': v for part, fields in SALIENCY_VARIANT.items() for k, v in fields.items()},
 }
 BASELINE: str = 'most frequent answer'  # not trained: the most frequent training answer per question type
 
