@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .core import (SALIENCY_VARIANT, DiffVQAError, ExperimentConfig, add_config_args, apply_overrides, atomic_write, config_overrides,
-                          get_preset, git_commit, package_versions)
+                          get_preset, git_commit, package_versions, quiet_import_warnings)
 from .templates import CLOSED_ANSWERS, QUESTION_TYPES, normalize_answer
 
 # %% auto #0
@@ -60,7 +60,7 @@ class AblationConfig:
     max_train_questions: int | None = 1440  # training questions per epoch (a seeded sample; None, or 0 on the command line: all)
     val_subset: int = 16                 # validation questions answered for CIDEr model selection each epoch
     pretrain_epochs: int = 6             # image-encoder epochs of `diffvqa pretrain` (prior and registration in proportion)
-    pretrain_seed: int | None = 0        # one pretraining (this seed) for every run; None: each seed pretrains its own encoders
+    pretrain_seed: int | None = None     # None: each seed pretrains its own encoders (the seed spread includes pretraining); a seed: one pretraining for every run
     test_limit: int | None = None        # only the first test questions (questions are grouped by pair in file order; None: all)
     bootstrap: int = 2000                # paired bootstrap resamples of the test pairs
     threads: int = 1                     # torch threads (1: much faster than 2 on cores shared with other jobs)
@@ -228,11 +228,12 @@ def paired_bootstrap(variant: Sequence[pd.DataFrame], # `pair_units` of the vari
                      seed: int = 0, # seed of the resampling
                      level: float = 0.95, # interval coverage
                     ) -> dict[str, tuple[float, float, float]]:
-    "Per column: (difference variant − full on the test set, lower, upper): test pairs resampled with replacement, the same draw for every seed, seed differences averaged."
+    "Per column: (difference variant − full on the test set, lower, upper): seeds and test pairs both resampled with replacement, each pair draw shared by variant and full."
     keys = [tuple(map(tuple, u[['study_id', 'ref_id']].to_numpy())) for u in (*variant, *full)]
-    if len(set(keys)) != 1: raise DiffVQAError('paired_bootstrap: the runs were not evaluated on the same test pairs')
-    P = len(full[0])
-    w = np.random.default_rng(seed).multinomial(P, np.full(P, 1 / P), size=n).astype(float)
+    if len(set(keys)) != 1 or len(variant) != len(full): raise DiffVQAError('paired_bootstrap: the runs were not evaluated on the same test pairs and seeds')
+    rng, P, S = np.random.default_rng(seed), len(full[0]), len(full)
+    w = rng.multinomial(P, np.full(P, 1 / P), size=n).astype(float)   # [n,P] pair counts
+    pick = rng.integers(0, S, size=(n, S))                            # [n,S] seeds drawn for each resample
     point, boot = {}, {}
     for v, f in zip(variant, full):
         sv, sf, bv, bf = unit_statistics(v), unit_statistics(f), unit_statistics(v, w), unit_statistics(f, w)
@@ -242,7 +243,8 @@ def paired_bootstrap(variant: Sequence[pd.DataFrame], # `pair_units` of the vari
     a = (1 - level) / 2
     out = {}
     for k in point:
-        b = np.nanmean(np.stack(boot[k]), 0) if not np.isnan(np.stack(boot[k])).all() else np.full(n, np.nan)
+        d = np.stack(boot[k])[pick, np.arange(n)[:, None]]             # [n,S]: the drawn seeds' differences
+        b = np.nanmean(d, 1) if not np.isnan(d).all() else np.full(n, np.nan)
         lo, hi = (np.nanquantile(b, [a, 1 - a]) if not np.isnan(b).all() else (np.nan, np.nan))
         out[k] = (float(np.mean(point[k])), float(lo), float(hi))
     return out
@@ -530,6 +532,7 @@ def cli_command(cfg: AblationConfig, # resolved settings
 def main(argv: Sequence[str] | None = None, # command-line arguments (default: sys.argv[1:])
         ) -> int:
     "`python -m diffvqa.ablation [--quick] [--out DIR] [--seeds ...] ...`: run the study, print where the report is."
+    quiet_import_warnings()   # as the diffvqa command does: stderr keeps our one-line errors
     p = argparse.ArgumentParser(prog='python -m diffvqa.ablation', description='The ablation study on synthetic pairs with ground truth.')
     add_config_args(p, AblationConfig)
     args = p.parse_args(argv)

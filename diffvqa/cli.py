@@ -8,11 +8,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-import warnings
 from dataclasses import dataclass
 
 from . import __version__
-from .core import DiffVQAError
+from .core import DiffVQAError, quiet_import_warnings
 
 # %% auto #0
 __all__ = ['COMMANDS', 'Command', 'build_parser', 'main']
@@ -62,11 +61,7 @@ def main(argv: list[str] | None = None, # arguments (default: sys.argv[1:])
         ) -> int:
     "Entry point of the `diffvqa` command; returns the exit status."
     argv = sys.argv[1:] if argv is None else list(argv)
-    # libraries imported below warn at import time about their own calls, harmless to us (checked): timm and fastai
-    # call the deprecated torch.jit.script; fastai sets pandas' 'mode.chained_assignment', a no-op since pandas 3.0.
-    # Keep stderr for our one-line errors.
-    warnings.filterwarnings('ignore', message=r'.*torch\.jit\.script.*deprecated', category=FutureWarning)
-    warnings.filterwarnings('ignore', message=r".*'mode\.chained_assignment' option is deprecated")
+    quiet_import_warnings()   # timm's and fastai's import-time warnings (harmless, see core); stderr keeps our one-line errors
     top = build_parser().parse_args(argv[:1] if argv and not argv[0].startswith('-') else argv)
     try:
         cmd = _command(top.command)

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,10 +28,10 @@ import torch
 
 # %% auto #0
 __all__ = ['SALIENCY_VARIANT', 'PRESETS', 'DiffVQAError', 'patch_to', 'atomic_path', 'atomic_write', 'quiet_weight_loading',
-           'atomic_dir', 'write_metrics_csv', 'read_metrics_csv', 'ModelConfig', 'LossConfig', 'TrainConfig',
-           'PretrainConfig', 'ExperimentConfig', 'saliency_variant', 'get_preset', 'config_to_dict', 'config_to_json',
-           'config_from_json', 'add_config_args', 'config_overrides', 'apply_overrides', 'seed_everything',
-           'package_versions', 'git_commit', 'make_run_dir']
+           'quiet_import_warnings', 'atomic_dir', 'write_metrics_csv', 'read_metrics_csv', 'ModelConfig', 'LossConfig',
+           'TrainConfig', 'PretrainConfig', 'ExperimentConfig', 'saliency_variant', 'get_preset', 'config_to_dict',
+           'config_to_json', 'config_from_json', 'add_config_args', 'config_overrides', 'apply_overrides',
+           'seed_everything', 'package_versions', 'git_commit', 'make_run_dir']
 
 # %% ../nbs/api/00_core.ipynb #830513af
 class DiffVQAError(Exception):
@@ -83,6 +84,11 @@ def quiet_weight_loading() -> Iterator[None]:
     try: yield
     finally:
         if was: hf_logging.enable_progress_bar()
+
+def quiet_import_warnings() -> None:
+    "Hide import-time warnings of libraries that are harmless to us (checked): timm and fastai decorate with the deprecated `torch.jit.script`; fastai sets pandas' `mode.chained_assignment`, a no-op since pandas 3.0."
+    warnings.filterwarnings('ignore', message=r'.*torch\.jit\.script.*deprecated', category=FutureWarning)
+    warnings.filterwarnings('ignore', message=r".*'mode\.chained_assignment' option is deprecated")
 
 @contextmanager
 def atomic_dir(path: str | Path, # the folder to create or replace
@@ -164,6 +170,7 @@ class ModelConfig:
     max_answer_len: int = 64                                 # answer tokens kept (eos included)
     pretrained: bool = True                                  # load the weights each component names (False: all random)
     registration: bool = True                                # learn Θ (False: Θ ≡ I, the no-registration ablation)
+    registration_trainable: bool = True                      # the VQA objective trains Θ's CNN (False: kept as loaded, e.g. from diffvqa pretrain; tiny)
     mask_source: str = 'attention'                           # where M comes from: 'attention' (λU + (1-λ)F), 'none' (M ≡ 1) or 'saliency' (keyword Grad-CAM, given per batch)
     blank_films: bool = False                                # both films are zeros before any part sees them (the question-only ablation)
 
@@ -245,7 +252,7 @@ def _tiny() -> ExperimentConfig:
         decoder=None,
         decoder_kwargs=dict(n_layer=2, n_embd=96, n_head=4, n_positions=256),
         tokenizer='bpe', bpe_vocab_size=512,
-        text_layers=2, text_heads=4, projector_heads=4, image_position_embedding=True, image_summary=True, fusion_rank=256, mask_hidden=64, registration_channels=8,
+        text_layers=2, text_heads=4, projector_heads=4, image_position_embedding=True, image_summary=True, fusion_rank=256, mask_hidden=64, registration_channels=8, registration_trainable=False,
         max_question_len=24, max_answer_len=48, dropout=0.0, pretrained=False)
     train = TrainConfig(lr=1e-3, epochs_frozen=2, epochs_unfrozen=2, bs=48, bs_valid=64, val_subset=64, mixed_precision='no', lambda_end=0.8)
     return ExperimentConfig(model=model, loss=LossConfig(alpha_changes=1.0), train=train, preset='tiny')

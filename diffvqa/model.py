@@ -295,6 +295,7 @@ class DiffVQA(nn.Module):
             try: return build()
             except DiffVQAError as e: missing.append(str(e))
         self.registration = attempt(lambda: build_registration(config, pre))
+        if self.registration is not None: self.registration.requires_grad_(config.registration_trainable)  # tiny: Θ as pretrained
         self.prior = None if config.mask_source == 'saliency' else attempt(lambda: DinoPrior.from_config(config, pre))  # Grad-CAM needs no prior
         self.image_encoder = attempt(lambda: ImageEncoder(config.image_encoder, pre, config.image_encoder_weights,
                                                           config.image_standardize, **config.image_encoder_kwargs))
