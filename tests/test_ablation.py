@@ -61,20 +61,19 @@ def test_paired_bootstrap_matches_a_hand_computation():
     n = 50
     got = ab.paired_bootstrap(var, full, n=n, seed=11)
     P = len(full[0])
-    draws = np.random.default_rng(11).multinomial(P, np.full(P, 1 / P), size=n)
-    diffs, point = [], []
-    for w in draws:   # expand each count vector into the resampled list of pairs, then score it the plain way
-        idx = np.repeat(np.arange(P), w)
-        d = [_f1(*(v.iloc[idx][['tp', 'fp', 'fn']].sum())) - _f1(*(f.iloc[idx][['tp', 'fp', 'fn']].sum())) for v, f in zip(var, full)]
-        diffs.append(np.mean(d))
-    point = np.mean([_f1(*v[['tp', 'fp', 'fn']].sum()) - _f1(*f[['tp', 'fp', 'fn']].sum()) for v, f in zip(var, full)])
-    lo, hi = np.quantile(diffs, [0.025, 0.975])
-    assert got['f1'] == pytest.approx((point, lo, hi))
+    g = np.random.default_rng(11)
+    draws = g.multinomial(P, np.full(P, 1 / P), size=n)          # pairs drawn per resample
+    picks = g.integers(0, len(full), size=(n, len(full)))         # seeds drawn per resample
+    def boot(stat):   # expand each count vector into the resampled list of pairs, score the drawn seeds the plain way
+        return [np.mean([stat(var[s], np.repeat(np.arange(P), w)) - stat(full[s], np.repeat(np.arange(P), w)) for s in pick])
+                for w, pick in zip(draws, picks)]
+    f1 = lambda u, idx: _f1(*(u.iloc[idx][['tp', 'fp', 'fn']].sum()))
+    point = np.mean([f1(v, np.arange(P)) - f1(f, np.arange(P)) for v, f in zip(var, full)])
+    assert got['f1'] == pytest.approx((point, *np.quantile(boot(f1), [0.025, 0.975])))
     acc = lambda u, idx: u.ok.iloc[idx].sum() / u.n_closed.iloc[idx].sum()
-    d = [np.mean([acc(v, np.repeat(np.arange(P), w)) - acc(f, np.repeat(np.arange(P), w)) for v, f in zip(var, full)]) for w in draws]
-    assert got['closed'][1:] == pytest.approx(tuple(np.quantile(d, [0.025, 0.975])))
-    # mean of per-pair scores, the same draw
-    m = [np.mean([v.auroc.iloc[np.repeat(np.arange(P), w)].mean() - f.auroc.iloc[np.repeat(np.arange(P), w)].mean() for v, f in zip(var, full)]) for w in draws]
+    assert got['closed'][1:] == pytest.approx(tuple(np.quantile(boot(acc), [0.025, 0.975])))
+    # mean of per-pair scores, the same draws
+    m = boot(lambda u, idx: u.auroc.iloc[idx].mean())
     assert got['auroc'][1:] == pytest.approx(tuple(np.quantile(m, [0.025, 0.975])))
 
 

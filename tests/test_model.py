@@ -202,7 +202,10 @@ def test_generate_restores_training_mode(model, batch):
 
 def test_gradients_everywhere_but_prior(tok, batch):
     torch.manual_seed(1)
-    m = DiffVQA.from_preset('tiny', tokenizer=tok).train()
+    cfg = get_preset('tiny').model
+    assert not cfg.registration_trainable and not any(p.requires_grad for p in DiffVQA.from_preset(cfg, tokenizer=tok).registration.parameters())
+    cfg.registration_trainable = True   # the paper's setting: Θ learns from the answer too
+    m = DiffVQA.from_preset(cfg, tokenizer=tok).train()
     m.set_lambda(0.5)
     main, ref, qi, qm, ai, am = batch
     out = m(main, ref, qi, qm, ai, am)
