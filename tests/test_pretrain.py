@@ -32,3 +32,15 @@ def test_wrong_size_and_bad_setting(tmp_path, capsys):
     with pytest.raises(SystemExit) as e: main(['pretrain', '--data', str(cache), '--out', str(tmp_path/'out'), '--epochs', 'two'])
     assert e.value.code == 2 and "--epochs: invalid int value: 'two'" in capsys.readouterr().err
     assert not (tmp_path/'out').exists()
+
+
+def test_mask_head_is_not_pretrained_without_boxes():
+    "Real data has no boxes: no mask weights are written, and the report says why (nothing is read from the cache)."
+    import numpy as np
+    from diffvqa.core import PretrainConfig, get_preset
+    from diffvqa.pretrain import FilmLabels, pretrain_mask
+    labels = FilmLabels(['Edema'], np.zeros(3, np.int64), np.zeros((3, 1), np.float32), [[], [], []], 'chexpert')
+    mask, report = pretrain_mask(None, None, labels, np.arange(3), np.arange(0), None, get_preset('tiny').model, PretrainConfig())
+    assert mask is None and report == {'skipped': 'no boxes in the labels'}
+    mask, report = pretrain_mask(None, None, labels, np.arange(3), np.arange(0), None, get_preset('tiny').model, PretrainConfig(epochs_mask=0))
+    assert mask is None and report == {'skipped': 'no epochs'}
