@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 # %% auto #0
-__all__ = ['MASK_SOURCES', 'MaskOutput', 'AdaptiveMask', 'square_grid', 'to_token_grid']
+__all__ = ['MASK_SOURCES', 'MaskOutput', 'AdaptiveMask', 'square_grid', 'to_token_grid', 'difference_fusion']
 
 # %% ../nbs/api/14_mask.ipynb #dd2c0d9a
 MASK_SOURCES: tuple[str, ...] = ('attention', 'none', 'saliency')  # ModelConfig.mask_source: λU + (1-λ)F, M ≡ 1 (the no-mask ablation), or a keyword Grad-CAM given from outside (chapter 16)
@@ -88,3 +88,16 @@ def to_token_grid(M: Tensor, # [B,1,H,W] or [B,H,W] a map at the image size
     if M.ndim == 3: M = M[:, None]
     if M.ndim != 4 or M.shape[1] != 1: raise ValueError(f'mask must be [B,1,H,W], got {tuple(M.shape)}')
     return F.adaptive_avg_pool2d(M.float(), grid).flatten(1)
+
+# %% ../nbs/api/14_mask.ipynb #83a0675f
+def difference_fusion(mask: AdaptiveMask, # its fusion h is overwritten
+                      sharpness: float = 8.0, # s: slope of F in |m_main - m_ref|
+                      offset: float = 0.25, # o: the difference at which F = 1/2
+                     ) -> AdaptiveMask:
+    "Set h so that F = σ(s(|m_main − m_ref| − o)·σ(u)) with an open gate σ(u) ≈ 0.998: F marks where the visits differ."
+    with torch.no_grad():
+        mask.h.weight.zero_(); mask.h.bias.zero_()
+        mask.h.weight[0, 2, 1, 1] = sharpness           # value channel <- difference channel, centre tap
+        mask.h.bias[0] = -sharpness * offset
+        mask.h.bias[1] = 6.0                            # gate channel: σ(6) ≈ 0.998
+    return mask

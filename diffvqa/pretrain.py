@@ -28,7 +28,7 @@ from .core import (DiffVQAError, ModelConfig, PretrainConfig, add_config_args, a
 from .data import PairCache
 from .metrics import auroc
 from .groundtruth import box_grid, load_ground_truth, visit_findings
-from .mask import AdaptiveMask
+from .mask import AdaptiveMask, difference_fusion
 from .model import ImageEncoder, build_registration
 from .prior import DinoPrior
 from .registration import affine_from_params, corner_error, warp_affine
@@ -37,9 +37,9 @@ from .templates import FINDINGS
 # %% auto #0
 __all__ = ['CHEXPERT_LABELS', 'ARCH_FIELDS', 'PRETRAINED_FORMAT', 'training_films', 'holdout_mask', 'FilmLabels', 'film_labels',
            'random_thetas', 'photometric', 'GroundedHeads', 'grounded_loss', 'load_films', 'box_masks', 'token_targets',
-           'pretrain_encoder', 'invert_theta', 'pretrain_registration', 'difference_fusion', 'pretrain_mask',
-           'DinoHead', 'sinkhorn_knopp', 'random_crops', 'pretrain_prior', 'PretrainResult', 'films_hash', 'pretrain',
-           'apply_pretrained', 'pretrain_key', 'cached_pretrain', 'add_pretrain_args', 'run_pretrain']
+           'pretrain_encoder', 'invert_theta', 'pretrain_registration', 'pretrain_mask', 'DinoHead', 'sinkhorn_knopp',
+           'random_crops', 'pretrain_prior', 'PretrainResult', 'films_hash', 'pretrain', 'apply_pretrained',
+           'pretrain_key', 'cached_pretrain', 'add_pretrain_args', 'run_pretrain']
 
 # %% ../nbs/api/22_pretrain.ipynb #034c4484
 def training_films(cache: PairCache, # a prepared cache
@@ -293,18 +293,6 @@ def pretrain_registration(cache: PairCache, # the prepared cache
     return reg, dict(n_heldout=int(len(held)), corner_error_px=float(err.mean()), corner_error_unregistered_px=float(err0.mean()))
 
 # %% ../nbs/api/22_pretrain.ipynb #4f04d32b
-def difference_fusion(mask: AdaptiveMask, # its fusion h is overwritten
-                      sharpness: float = 8.0, # s: slope of F in |m_main - m_ref|
-                      offset: float = 0.25, # o: the difference at which F = 1/2
-                     ) -> AdaptiveMask:
-    "Set h so that F = σ(s(|m_main − m_ref| − o)·σ(u)) with an open gate σ(u) ≈ 0.998: F marks where the visits differ."
-    with torch.no_grad():
-        mask.h.weight.zero_(); mask.h.bias.zero_()
-        mask.h.weight[0, 2, 1, 1] = sharpness           # value channel <- difference channel, centre tap
-        mask.h.bias[0] = -sharpness * offset
-        mask.h.bias[1] = 6.0                            # gate channel: σ(6) ≈ 0.998
-    return mask
-
 def pretrain_mask(cache: PairCache, # the prepared cache
                   films: pd.DataFrame, # from `training_films`
                   labels: FilmLabels, # from `film_labels` (boxes needed)
