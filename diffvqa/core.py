@@ -26,6 +26,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
+from .templates import FINDINGS
+
 # %% auto #0
 __all__ = ['SALIENCY_VARIANT', 'PRESETS', 'DiffVQAError', 'patch_to', 'atomic_path', 'atomic_write', 'quiet_weight_loading',
            'quiet_import_warnings', 'atomic_dir', 'write_metrics_csv', 'read_metrics_csv', 'ModelConfig', 'LossConfig',
@@ -158,6 +160,7 @@ class ModelConfig:
     image_summary_weights: str | None = None                 # local checkpoint of that readout (diffvqa pretrain)
     fusion_rank: int = 0                                     # >0: bilinear question-film fusion into the <ans> slot (not in the paper)
     mask_hidden: int = 256                                   # hidden width of the mask MLP g
+    mask_channels: int = 1                                   # outputs of g: 1 (the paper: one keep-probability per token) or one map per finding (tiny), fused by the max over findings
     mask_weights: str | None = None                          # local checkpoint of g and the fusion h (diffvqa pretrain; None: random start)
     mask_trainable: bool = True                              # the VQA objective trains g and h (False: kept as loaded from mask_weights; tiny. Without weights they train)
     encoder_teacher: bool = True                             # a frozen copy of φ (taken at stage 2) gives the mask/prediction targets
@@ -218,7 +221,7 @@ class PretrainConfig:
     prior_grounded_epochs: int = 10  # warm-start epochs of the prior on the grounded targets
     epochs_prior: int = 5         # DINO self-distillation epochs of the prior after the warm start
     epochs_registration: int = 10 # registration epochs on known random warps
-    epochs_mask: int = 5          # epochs of the mask MLP g on φ's frozen tokens (any finding's box); 0: no mask weights
+    epochs_mask: int = 5          # epochs of the mask MLP g on φ's frozen tokens (the findings' boxes); 0: no mask weights
     bs: int = 32                  # films per batch
     lr: float = 2e-3              # peak AdamW learning rate of the encoder and registration (one-cycle)
     weight_decay: float = 0.05    # AdamW weight decay
@@ -255,7 +258,7 @@ def _tiny() -> ExperimentConfig:
         decoder=None,
         decoder_kwargs=dict(n_layer=2, n_embd=96, n_head=4, n_positions=256),
         tokenizer='bpe', bpe_vocab_size=512,
-        text_layers=2, text_heads=4, projector_heads=4, image_position_embedding=True, image_summary=True, fusion_rank=256, mask_hidden=64, mask_trainable=False, registration_channels=8, registration_trainable=False,
+        text_layers=2, text_heads=4, projector_heads=4, image_position_embedding=True, image_summary=True, fusion_rank=256, mask_hidden=64, mask_channels=len(FINDINGS), mask_trainable=False, registration_channels=8, registration_trainable=False,
         max_question_len=24, max_answer_len=48, dropout=0.0, pretrained=False)
     train = TrainConfig(lr=1e-3, epochs_frozen=2, epochs_unfrozen=2, bs=48, bs_valid=64, val_subset=64, mixed_precision='no', lambda_end=0.8)
     return ExperimentConfig(model=model, loss=LossConfig(alpha_changes=1.0), train=train, preset='tiny')

@@ -24,8 +24,8 @@ class MaskOutput:
     M: Tensor       # [B,1,H,W] final mask λU + (1-λ)F at the image size, in [0,1]
     F: Tensor       # [B,1,H,W] adaptive mask σ(h(m_main, m_ref)) resized to the image size
     F_grid: Tensor  # [B,1,h,w] adaptive mask on the token grid (before resizing)
-    m_main: Tensor  # [B,N] per-token keep-probabilities σ(g(f_main))
-    m_ref: Tensor   # [B,N] per-token keep-probabilities σ(g(f_ref))
+    m_main: Tensor  # [B,N,K] per-token keep-probabilities σ(g(f_main)), K = channels of g
+    m_ref: Tensor   # [B,N,K] per-token keep-probabilities σ(g(f_ref))
 
 class AdaptiveMask(nn.Module):
     "Token-mask MLP g, gated conv fusion h, and the λ-blend with the prior."
@@ -33,9 +33,10 @@ class AdaptiveMask(nn.Module):
                  dim: int, # channels C of the encoder tokens
                  hidden: int = 256, # hidden width of g
                  lam: float = 1.0, # initial λ (weight of the prior)
+                 channels: int = 1, # K, outputs of g: 1 as in the paper, or one map per finding
                 ):
         super().__init__()
-        self.g = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, 1))
+        self.g = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, channels))
         self.h = nn.Conv2d(3, 2, kernel_size=3, padding=1)  # channels in: union, intersection, difference; out: value, gate
         self.register_buffer('lam', torch.tensor(float(lam)))
 
@@ -47,17 +48,18 @@ class AdaptiveMask(nn.Module):
     def token_masks(self,
                     f: Tensor, # [B,N,C] encoder tokens
                    ) -> Tensor:
-        "σ(g(f)): one keep-probability per token, [B,N]."
-        return torch.sigmoid(self.g(f).squeeze(-1))
+        "σ(g(f)): K keep-probabilities per token, [B,N,K]."
+        return torch.sigmoid(self.g(f))
 
     def fuse(self,
-             m_main: Tensor, # [B,N] token masks of the main image
-             m_ref: Tensor,  # [B,N] token masks of the reference
+             m_main: Tensor, # [B,N,K] (or [B,N] for K = 1) token masks of the main image
+             m_ref: Tensor,  # [B,N,K] (or [B,N]) token masks of the reference
              grid: tuple[int, int], # (h, w) token grid, h*w == N
             ) -> Tensor:
-        "F = σ(v ⊙ σ(u)) with (v, u) = conv(union, intersection, difference), on the token grid: [B,1,h,w]."
-        a, b = m_main.view(-1, 1, *grid), m_ref.view(-1, 1, *grid)
-        x = torch.cat([torch.maximum(a, b), torch.minimum(a, b), (a - b).abs()], dim=1)
+        "F = σ(v ⊙ σ(u)) with (v, u) = conv(union, intersection, difference), each the max over the K channels, on the token grid: [B,1,h,w]."
+        grids = lambda m: (m if m.ndim == 3 else m[..., None]).transpose(1, 2).reshape(m.shape[0], -1, *grid)
+        a, b = grids(m_main), grids(m_ref)
+        x = torch.stack([torch.maximum(a, b).amax(1), torch.minimum(a, b).amax(1), (a - b).abs().amax(1)], dim=1)
         v, u = self.h(x).chunk(2, dim=1)
         return torch.sigmoid(v * torch.sigmoid(u))
 

@@ -246,8 +246,8 @@ class DiffVQAOutput:
     F: Tensor | None     # [P,1,S,S] adaptive mask σ(h(m_main, m_ref)), resized to the image (None: 'saliency')
     M: Tensor            # [P,1,S,S] the shared mask applied to both visits: λU + (1-λ)F, ones, or the given Grad-CAM mask
     M_tokens: Tensor     # [P,N] M averaged over each token's cell (multiplies f in the mask-consistency loss)
-    m_main: Tensor | None # [P,N] per-token mask probabilities σ(g(f_main)) (None: 'saliency')
-    m_ref: Tensor | None # [P,N] per-token mask probabilities σ(g(f_ref)) (None: 'saliency')
+    m_main: Tensor | None # [P,N,K] per-token mask probabilities σ(g(f_main)), K = mask_channels (None: 'saliency')
+    m_ref: Tensor | None # [P,N,K] per-token mask probabilities σ(g(f_ref)) (None: 'saliency')
     f_main: Tensor       # [P,N,C] φ(registered main): encoder tokens before the projector
     f_ref: Tensor        # [P,N,C] φ(reference)
     f_mask_main: Tensor  # [P,N,C] φ(M ⊙ registered main)
@@ -308,7 +308,7 @@ class DiffVQA(nn.Module):
             _, grid = self.image_encoder(torch.zeros(1, 1, config.image_size, config.image_size, device=self.registration.head.bias.device))
         self.grid, N = grid, grid[0] * grid[1]
         C, D = self.image_encoder.dim, self.decoder.config.n_embd
-        self.mask = AdaptiveMask(C, config.mask_hidden)
+        self.mask = AdaptiveMask(C, config.mask_hidden, channels=config.mask_channels)
         if pre and config.mask_weights: load_weights(self.mask, config.mask_weights, 'mask_weights')
         self.mask.requires_grad_(config.mask_trainable or not (pre and config.mask_weights))  # tiny: g, h as pretrained; a random mask always trains
         self.projector = Projector(C, D, config.projector_heads, config.dropout, N if config.image_position_embedding else None,

@@ -299,33 +299,38 @@ def pretrain_mask(cache: PairCache, # the prepared cache
                   fit: np.ndarray, # indices to train on
                   held: np.ndarray, # indices to report on
                   enc: ImageEncoder, # φ from `pretrain_encoder` (kept frozen)
-                  mcfg: ModelConfig, # mask_hidden
+                  mcfg: ModelConfig, # mask_hidden, mask_channels
                   cfg: PretrainConfig, # epochs_mask, lr
                   progress: bool = True, # a progress bar
                  ) -> tuple[AdaptiveMask | None, dict]:
-    "Train g on 'any finding here' per token of φ's frozen tokens, set h to the visits' difference; None when no film has boxes."
+    "Train g per token of φ's frozen tokens (K = 1: any finding here; K > 1: finding k here), set h to the visits' difference; None when no film has boxes."
     if cfg.epochs_mask == 0 or not any(labels.boxes): return None, dict(skipped='no epochs' if cfg.epochs_mask == 0 else 'no boxes in the labels')
     torch.manual_seed(cfg.seed + 3)
     enc.eval().requires_grad_(False)
     with torch.no_grad(): _, grid = enc(torch.zeros(1, 1, cache.size, cache.size))
-    mask, Fn, rows = AdaptiveMask(enc.dim, mcfg.mask_hidden), len(labels.vocabulary), films.row.to_numpy()
+    mask, Fn, rows = AdaptiveMask(enc.dim, mcfg.mask_hidden, channels=mcfg.mask_channels), len(labels.vocabulary), films.row.to_numpy()
+    if 1 < mcfg.mask_channels < Fn:
+        raise DiffVQAError(f'mask_channels: {mcfg.mask_channels} channels of the mask head for {Fn} findings with boxes; use 1 or at least {Fn}')
+    targets = lambda m: token_targets(m, grid).amax(-1, keepdim=True) if mcfg.mask_channels == 1 else F.pad(token_targets(m, grid), (0, mcfg.mask_channels - Fn))
     g = torch.Generator().manual_seed(cfg.seed + 3)
     opt, sched = _optimizer(list(mask.g.parameters()), cfg, cfg.lr, cfg.epochs_mask * max(1, len(fit) // cfg.bs))
     mask.train()
     for ep, step, total, b in _epochs(fit, cfg.bs, cfg.epochs_mask, cfg.seed + 3, 'pretrain: mask head', progress):
         th = random_thetas(len(b), g)
         x = photometric(warp_affine(load_films(cache, rows[b]), th), g)
-        tgt = token_targets(warp_affine(box_masks([labels.boxes[i] for i in b], Fn, cache.size), th), grid).amax(-1)
+        tgt = targets(warp_affine(box_masks([labels.boxes[i] for i in b], Fn, cache.size), th))
         with torch.no_grad(): f, _ = enc(x)
-        loss = F.binary_cross_entropy_with_logits(mask.g(f).squeeze(-1), tgt)
+        loss = F.binary_cross_entropy_with_logits(mask.g(f), tgt)
         opt.zero_grad(); loss.backward(); opt.step(); sched.step()
     difference_fusion(mask.eval())
     report: dict[str, Any] = dict(train_loss=float(loss.detach()), n_heldout=int(len(held)))
     if len(held):
         with torch.no_grad():
             p = torch.cat([mask.token_masks(enc(load_films(cache, rows[held[i:i + 64]]))[0]) for i in range(0, len(held), 64)])
-        tb = token_targets(box_masks([labels.boxes[i] for i in held], Fn, cache.size), grid).amax(-1)
-        report['token_auroc'] = auroc(p.numpy(), tb.numpy())
+        tb = targets(box_masks([labels.boxes[i] for i in held], Fn, cache.size))
+        each = [auroc(p[..., k].numpy(), tb[..., k].numpy()) for k in range(p.shape[-1])]
+        report['token_auroc'] = float(np.nanmean(each)) if not np.isnan(each).all() else float('nan')  # mean over channels, each against its own boxes
+        report['token_auroc_any'] = auroc(p.amax(-1).numpy(), tb.amax(-1).numpy())  # the most confident channel against any box
     return mask, report
 
 # %% ../nbs/api/22_pretrain.ipynb #f3c3b244
@@ -442,7 +447,7 @@ def pretrain_prior(cache: PairCache, # the prepared cache
 # %% ../nbs/api/22_pretrain.ipynb #b235b30f
 ARCH_FIELDS = ('image_size', 'image_encoder', 'image_encoder_kwargs', 'image_standardize', 'prior_image_size', 'prior_kwargs',
                'registration_channels', 'registration_max_rotation', 'registration_max_log_scale', 'registration_max_shear',
-               'registration_max_translation', 'image_summary')
+               'registration_max_translation', 'image_summary', 'mask_hidden', 'mask_channels')
 PRETRAINED_FORMAT = 'diffvqa-pretrained'
 
 @dataclass
@@ -575,9 +580,10 @@ def run_pretrain(args: Any, # parsed `diffvqa pretrain` flags
     if not Path(args.data).is_dir(): raise DiffVQAError(f'--data {args.data}: no such folder')
     cfg = apply_overrides(PretrainConfig(), config_overrides(args, PretrainConfig))
     r = pretrain(args.data, args.out, args.preset, cfg, progress=not args.no_progress)
-    e, g, p = r.report['image_encoder'], r.report['registration'], r.report['prior']
+    e, g, p, m = r.report['image_encoder'], r.report['registration'], r.report['prior'], r.report['mask']
     print(f"{r.out}: image encoder view accuracy {e.get('view_accuracy', float('nan')):.3f}, findings AUROC "
-          f"{e.get('findings_auroc_mean', float('nan')):.3f}, box AUROC {e.get('boxes_auroc', float('nan')):.3f}; registration "
+          f"{e.get('findings_auroc_mean', float('nan')):.3f}, box AUROC {e.get('boxes_auroc', float('nan')):.3f}; mask head token AUROC "
+          f"{m.get('token_auroc', float('nan')):.3f}{'' if 'skipped' not in m else ' (' + m['skipped'] + ')'}; registration "
           f"corner error {g.get('corner_error_px', float('nan')):.2f} px (unregistered {g.get('corner_error_unregistered_px', float('nan')):.2f}); "
           f"prior DINO loss {p.get('dino_loss_first', float('nan')):.3f} -> {p.get('dino_loss_last', float('nan')):.3f} "
           f"(uniform {p.get('uniform_loss', float('nan')):.3f}); held-out training films: {e.get('n_heldout', 0)}")

@@ -136,7 +136,7 @@ def test_forward_shapes(model, batch, tok):
     for k in ('registered', 'U', 'A_main', 'A_ref', 'F', 'M'):
         assert getattr(out, k).shape == (2, 1, 128, 128), k
     assert out.theta.shape == (2, 2, 3) and out.z.shape == (2, 2 * C) and out.M_tokens.shape == (2, N)
-    assert out.m_main.shape == (2, N) and out.grid == (8, 8)
+    assert out.m_main.shape == (2, N, model.config.mask_channels) and out.grid == (8, 8)
     torch.testing.assert_close(out.registered, main, atol=1e-5, rtol=0)
 
 
