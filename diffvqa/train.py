@@ -353,7 +353,7 @@ def _check_config(cfg: ExperimentConfig) -> ExperimentConfig:
     for name in ('lambda_start', 'lambda_end'):
         if not 0 <= getattr(t, name) <= 1: raise DiffVQAError(f'{_flag(name)}: must lie in [0, 1], got {getattr(t, name)}')
     if not isinstance(cfg.model.mask_channels, int) or cfg.model.mask_channels < 1:
-        raise DiffVQAError(f'--mask-channels: must be an integer >= 1, got {cfg.model.mask_channels!r}')
+        raise DiffVQAError(f'mask_channels: must be an integer >= 1, got {cfg.model.mask_channels!r}')
     if not 0 <= t.drop_reference < 1: raise DiffVQAError(f'--drop-reference: must lie in [0, 1), got {t.drop_reference}')
     return cfg
 

@@ -246,3 +246,11 @@ def test_diffvqa_train_command_reports_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith('error: ') and 'no-cache' in err and '\n' not in err
     assert not (tmp_path/'run').exists()
+
+
+def test_bad_model_setting_is_one_line(cache, tmp_path):
+    "A mask head without outputs is refused before anything is written."
+    cfg = get_preset('tiny'); cfg.model.mask_channels = 0
+    with pytest.raises(DiffVQAError, match='mask_channels: must be an integer >= 1, got 0') as e:
+        train(cache, tmp_path/'run', config=cfg, progress=False, verbose=False)
+    assert '\n' not in str(e.value) and not (tmp_path/'run').exists()
