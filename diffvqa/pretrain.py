@@ -39,7 +39,7 @@ __all__ = ['CHEXPERT_LABELS', 'ARCH_FIELDS', 'PRETRAINED_FORMAT', 'training_film
            'random_thetas', 'photometric', 'GroundedHeads', 'grounded_loss', 'load_films', 'box_masks', 'token_targets',
            'pretrain_encoder', 'invert_theta', 'pretrain_registration', 'pretrain_mask', 'DinoHead', 'sinkhorn_knopp',
            'random_crops', 'pretrain_prior', 'PretrainResult', 'films_hash', 'pretrain', 'apply_pretrained',
-           'pretrain_key', 'cached_pretrain', 'add_pretrain_args', 'run_pretrain']
+           'pretrain_key', 'code_hash', 'cached_pretrain', 'add_pretrain_args', 'run_pretrain']
 
 # %% ../nbs/api/22_pretrain.ipynb #034c4484
 def training_films(cache: PairCache, # a prepared cache
@@ -541,12 +541,19 @@ def pretrain_key(cache: PairCache, # the prepared cache
                  mcfg: ModelConfig, # the architecture
                  cfg: PretrainConfig, # the settings
                 ) -> str:
-    "A short hash of everything the pretrained weights depend on."
+    "A short hash of everything the pretrained weights depend on: films, architecture, settings and the package's code."
     films = training_films(cache)
-    from diffvqa import __version__
     parts = [films_hash(cache, films, film_labels(cache, films)), json.dumps(_arch(mcfg), sort_keys=True),
-             json.dumps(config_to_dict(cfg), sort_keys=True), __version__]
+             json.dumps(config_to_dict(cfg), sort_keys=True), code_hash()]
     return hashlib.sha256('|'.join(parts).encode()).hexdigest()[:16]
+
+def code_hash(package: str | Path | None = None, # a folder of modules (default: the installed diffvqa)
+             ) -> str:
+    "SHA-256 of the modules' names and source: an edited checkout never reuses weights an older version trained."
+    import diffvqa
+    h = hashlib.sha256()
+    for f in sorted(Path(package or Path(diffvqa.__file__).parent).resolve().glob('*.py')): h.update(f.name.encode() + b'\0' + f.read_bytes())
+    return h.hexdigest()
 
 def cached_pretrain(data: str | Path, # a prepared cache
                     preset: str = 'tiny', # the preset

@@ -116,3 +116,16 @@ def test_mask_channels_must_cover_the_findings():
     with pytest.raises(DiffVQAError, match='mask_channels: 2 channels .* 3 findings'):
         pretrain_mask(SimpleNamespace(array=x, size=32), pd.DataFrame(dict(row=np.arange(8))), labels, np.arange(8),
                       np.arange(0), _PatchStats(), mcfg, PretrainConfig(), progress=False)
+
+
+def test_code_hash_follows_the_source(tmp_path):
+    "Same modules, same hash; one changed byte or a renamed module, another hash (so cached weights are not reused)."
+    from diffvqa.pretrain import code_hash
+    a, b = tmp_path/'a', tmp_path/'b'
+    for d in (a, b):
+        d.mkdir(); (d/'x.py').write_text('X = 1\n'); (d/'y.py').write_text('Y = 2\n')
+    assert code_hash(a) == code_hash(b) and len(code_hash(a)) == 64
+    (b/'y.py').write_text('Y = 3\n'); assert code_hash(a) != code_hash(b)
+    (b/'y.py').write_text('Y = 2\n'); assert code_hash(a) == code_hash(b)
+    (b/'y.py').rename(b/'z.py'); assert code_hash(a) != code_hash(b)
+    assert code_hash() == code_hash()   # the installed package
