@@ -26,8 +26,6 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from .templates import FINDINGS
-
 # %% auto #0
 __all__ = ['SALIENCY_VARIANT', 'PRESETS', 'DiffVQAError', 'patch_to', 'atomic_path', 'atomic_write', 'quiet_weight_loading',
            'quiet_import_warnings', 'atomic_dir', 'write_metrics_csv', 'read_metrics_csv', 'ModelConfig', 'LossConfig',
@@ -258,8 +256,9 @@ def _tiny() -> ExperimentConfig:
         decoder=None,
         decoder_kwargs=dict(n_layer=2, n_embd=96, n_head=4, n_positions=256),
         tokenizer='bpe', bpe_vocab_size=512,
-        text_layers=2, text_heads=4, projector_heads=4, image_position_embedding=True, image_summary=True, fusion_rank=256, mask_hidden=64, mask_channels=len(FINDINGS), mask_trainable=False, registration_channels=8, registration_trainable=False,
+        text_layers=2, text_heads=4, projector_heads=4, image_position_embedding=True, image_summary=True, fusion_rank=256, mask_hidden=64, mask_channels=10, mask_trainable=False, registration_channels=8, registration_trainable=False,
         max_question_len=24, max_answer_len=48, dropout=0.0, pretrained=False)
+    # mask_channels=10: one map per finding the synthetic benchmark draws (lesions.CATALOGUE); pretraining refuses fewer channels than findings with boxes
     train = TrainConfig(lr=1e-3, epochs_frozen=2, epochs_unfrozen=2, bs=48, bs_valid=64, val_subset=64, mixed_precision='no', lambda_end=0.8)
     return ExperimentConfig(model=model, loss=LossConfig(alpha_changes=1.0), train=train, preset='tiny')
 

@@ -129,3 +129,10 @@ def test_code_hash_follows_the_source(tmp_path):
     (b/'y.py').write_text('Y = 2\n'); assert code_hash(a) == code_hash(b)
     (b/'y.py').rename(b/'z.py'); assert code_hash(a) != code_hash(b)
     assert code_hash() == code_hash()   # the installed package
+
+
+def test_tiny_has_one_mask_channel_per_synthetic_finding():
+    "The tiny preset's mask head has exactly one channel per finding the synthetic benchmark can draw."
+    from diffvqa.core import get_preset
+    from diffvqa.lesions import CATALOGUE
+    assert get_preset('tiny').model.mask_channels == len(CATALOGUE) and get_preset('paper').model.mask_channels == 1
