@@ -157,6 +157,8 @@ class ModelConfig:
     image_summary: bool = False                              # one summary token per film from its flattened grid (not in the paper)
     image_summary_weights: str | None = None                 # local checkpoint of that readout (diffvqa pretrain)
     fusion_rank: int = 0                                     # >0: bilinear question-film fusion into the <ans> slot (not in the paper)
+    change_width: int = 0                                    # >0: a CNN reads main, registered reference and their difference together into the <ans> slot (tiny; not in the paper)
+    change_weights: str | None = None                        # local checkpoint of that CNN (diffvqa pretrain); kept fixed when loaded
     mask_hidden: int = 256                                   # hidden width of the mask MLP g
     mask_channels: int = 1                                   # outputs of g: 1 (the paper: one keep-probability per token) or one map per finding (tiny), fused by the max over findings
     mask_weights: str | None = None                          # local checkpoint of g and the fusion h (diffvqa pretrain; None: random start)
@@ -220,6 +222,7 @@ class PretrainConfig:
     epochs_prior: int = 5         # DINO self-distillation epochs of the prior after the warm start
     epochs_registration: int = 10 # registration epochs on known random warps
     epochs_mask: int = 5          # epochs of the mask MLP g on φ's frozen tokens (the findings' boxes); 0: no mask weights
+    epochs_change: int = 15       # epochs of the change CNN on pairs of one subject's training films (model.change_width > 0)
     bs: int = 32                  # films per batch
     lr: float = 2e-3              # peak AdamW learning rate of the encoder and registration (one-cycle)
     weight_decay: float = 0.05    # AdamW weight decay
@@ -258,6 +261,7 @@ def _tiny() -> ExperimentConfig:
         tokenizer='bpe', bpe_vocab_size=512,
         text_layers=2, text_heads=4, projector_heads=4, image_position_embedding=True, image_summary=True, fusion_rank=256, mask_hidden=64, mask_channels=10, mask_trainable=False, registration_channels=8, registration_trainable=False,
         max_question_len=24, max_answer_len=48, dropout=0.0, pretrained=False)
+    # change_width stays 0 (opt-in): with 160, the demo's difference F1 rose from 0.05 to 0.16 (another pair's films 0.08), but view fell to the control's level and pretraining took 5 more minutes (README)
     # mask_channels=10: one map per finding the synthetic benchmark draws (lesions.CATALOGUE); pretraining refuses fewer channels than findings with boxes
     train = TrainConfig(lr=1e-3, epochs_frozen=2, epochs_unfrozen=2, bs=48, bs_valid=64, val_subset=64, mixed_precision='no', lambda_end=0.8)
     return ExperimentConfig(model=model, loss=LossConfig(alpha_changes=1.0), train=train, preset='tiny')

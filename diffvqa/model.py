@@ -28,7 +28,7 @@ from .templates import CHANGE_KINDS, FINDINGS
 from .tokenizer import ANS_TOKEN, EOS_TOKEN, IMG_TOKEN, QTN_TOKEN, add_special_tokens, check_tokenizer, load_tokenizer
 
 # %% auto #0
-__all__ = ['COMPONENTS', 'ImageEncoder', 'Projector', 'TextEncoder', 'AnswerFusion', 'mlp_head', 'build_decoder',
+__all__ = ['COMPONENTS', 'ImageEncoder', 'Projector', 'TextEncoder', 'AnswerFusion', 'mlp_head', 'ChangeEncoder', 'build_decoder',
            'build_registration', 'load_weights', 'placeholder_tokenizer', 'shared_tensor_keys', 'pair_groups',
            'DiffVQAOutput', 'GenerationOutput', 'Prefix', 'DiffVQA', 'model_dir', 'count_parameters', 'parameter_table']
 
@@ -157,6 +157,29 @@ def mlp_head(dim: int) -> nn.Sequential:
     "The light prediction head P: masked tokens → unmasked tokens, same width."
     return nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
 
+# %% ../nbs/api/15_model.ipynb #07de5b35
+def _conv_block(i: int, o: int) -> nn.Sequential:
+    "Two 3×3 convolutions with batch norm, the first one halving the side."
+    return nn.Sequential(nn.Conv2d(i, o, 3, 2, 1), nn.BatchNorm2d(o), nn.ReLU(), nn.Conv2d(o, o, 3, 1, 1), nn.BatchNorm2d(o), nn.ReLU())
+
+class ChangeEncoder(nn.Module):
+    "Early fusion of a pair: a CNN over [main, reference, main − reference], each film standardised → [B, width] (tiny only)."
+    def __init__(self,
+                 width: int = 160, # output features (the last block's channels)
+                ):
+        super().__init__()
+        w = [32, 64, 96, 128, width]
+        self.net = nn.Sequential(*(_conv_block(i, o) for i, o in zip([3, *w[:-1]], w)), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.width = width
+
+    def forward(self,
+                main: Tensor, # [B,1,S,S] main film in [0,1]
+                ref: Tensor, # [B,1,S,S] reference film on the main film's grid (registered), in [0,1]
+               ) -> Tensor: # [B, width]
+        s = lambda x: (x - x.mean((2, 3), keepdim=True)) / x.std((2, 3), keepdim=True).clamp(min=1e-3)
+        a, b = s(main.float()), s(ref.float())
+        return self.net(torch.cat([a, b, a - b], 1)).to(main.dtype)
+
 # %% ../nbs/api/15_model.ipynb #eed9c06f
 def build_decoder(cfg: ModelConfig, # uses decoder, decoder_kwargs
                   tokenizer: PreTrainedTokenizerFast, # the vocabulary (with our special tokens)
@@ -259,6 +282,7 @@ class DiffVQAOutput:
     z: Tensor            # [P,2C] pooled pair embedding [mean_N f_mask_main, mean_N f_mask_ref] (for KoLeo)
     has_ref: Tensor      # [P] False where the pair had no reference (single-visit input)
     grid: tuple[int, int] # (h, w) token grid of φ
+    change: Tensor | None = None # [P,W] the change CNN's features of each pair, W = change_width (None without one)
 
 @dataclass
 class GenerationOutput:
@@ -279,7 +303,7 @@ class Prefix:
     attn: Tensor         # [B,2N+2+Lq+2] 1 where visible (the image part is always visible)
     pair_index: Tensor   # [B] each question's pair row
     parts: dict          # the pair-level image-side tensors named as in DiffVQAOutput
-    answer_bias: Tensor | None = None  # [B,D] the answer fusion, added to <ans> and to every answer token (None: no fusion)
+    answer_bias: Tensor | None = None  # [B,D] the answer fusion plus the change CNN's term, added to <ans> and to every answer token (None: neither)
 
 # %% ../nbs/api/15_model.ipynb #6cd4929a
 class DiffVQA(nn.Module):
@@ -320,6 +344,11 @@ class DiffVQA(nn.Module):
         if config.fusion_rank and not config.image_summary: raise DiffVQAError('fusion_rank: the answer fusion reads the summary tokens (image_summary)')
         self.fusion = AnswerFusion(D, config.fusion_rank) if config.fusion_rank else None
         self.change_head = nn.Linear(D, len(CHANGE_KINDS) * len(FINDINGS)) if config.fusion_rank else None
+        self.change = ChangeEncoder(config.change_width) if config.change_width else None  # early fusion of the pair (tiny)
+        if self.change is not None and pre and config.change_weights:
+            load_weights(self.change, config.change_weights, 'change_weights'); self.change.requires_grad_(False)  # kept as pretrained
+        self.change_proj = nn.Linear(config.change_width, D) if config.change_width else None
+        if self.change_proj is not None: nn.init.zeros_(self.change_proj.weight); nn.init.zeros_(self.change_proj.bias)  # starts as no change input
         self.n_image = N + int(config.image_summary)  # decoder tokens per film
         self.no_prior = nn.Parameter(torch.randn(1, self.n_image, D) * 0.02)  # reference tokens of a single-visit question
         ids = tokenizer.convert_tokens_to_ids([IMG_TOKEN, QTN_TOKEN, ANS_TOKEN])
@@ -358,10 +387,11 @@ class DiffVQA(nn.Module):
         return any(p.requires_grad for p in self.image_encoder.parameters())
 
     def train(self, mode: bool = True) -> DiffVQA:
-        "Train or eval mode for every part, except that a frozen φ, the teacher and the DINO prior stay in eval mode."
+        "Train or eval mode for every part, except that a frozen φ, the teacher, the DINO prior and a fixed change CNN stay in eval mode."
         super().train(mode)
         if not self.encoder_trainable: self.image_encoder.eval()
         if self.teacher is not None: self.teacher.eval()
+        if self.change is not None and not any(p.requires_grad for p in self.change.parameters()): self.change.eval()  # fixed: keep its batch-norm statistics
         return self
 
     def set_lambda(self, value: float): # weight of the DINO prior in M
@@ -416,8 +446,9 @@ def encode_images(self: DiffVQA,
     if self.teacher is not None and self.encoder_trainable and torch.is_grad_enabled():
         with torch.no_grad(): target = self.teacher(torch.cat([registered, ref]))[0].chunk(2)
     else: target = (f_main.detach(), f_ref.detach())
+    change = None if self.change is None else torch.where(has_ref.view(-1, 1), self.change(registered, ref), 0.0)  # [P,width]; 0 without a reference
     g = lambda part, k: None if part is None else getattr(part, k)
-    return dict(theta=theta, registered=registered, ref=ref, U=g(pri, 'U'), A_main=g(pri, 'A_main'), A_ref=g(pri, 'A_ref'),
+    return dict(theta=theta, change=change, registered=registered, ref=ref, U=g(pri, 'U'), A_main=g(pri, 'A_main'), A_ref=g(pri, 'A_ref'),
                 F=g(mk, 'F'), M=M, M_tokens=to_token_grid(M, grid), m_main=g(mk, 'm_main'), m_ref=g(mk, 'm_ref'), f_main=f_main, f_ref=f_ref,
                 f_mask_main=f_mask_main, f_mask_ref=f_mask_ref, f_main_target=target[0], f_ref_target=target[1],
                 has_ref=has_ref, grid=grid)
@@ -473,6 +504,9 @@ def prefix(self: DiffVQA,
     if self.fusion is not None:
         m = question_mask.to(text.dtype)[..., None]
         bias = self.fusion(img_main[:, 0][index], img_ref[:, 0][index], (text * m).sum(1) / m.sum(1).clamp(min=1)).to(text.dtype)
+    if self.change_proj is not None:  # the pair's early-fusion features, beside the answer fusion
+        c = self.change_proj(parts['change'][index].to(text.dtype))
+        bias = c if bias is None else bias + c
     ans = s_ans.expand(B, -1) if bias is None else s_ans + bias
     question = torch.cat([s_qtn.expand(B, 1, -1), text, ans[:, None]], dim=1)
     attn = torch.cat([torch.ones(B, 2 * N + 3, dtype=torch.long, device=dev), question_mask.long(),
@@ -683,7 +717,7 @@ def from_run(cls,
     return model.eval()
 
 # %% ../nbs/api/15_model.ipynb #2b9e5fcc
-COMPONENTS = ('registration', 'prior', 'image_encoder', 'mask', 'projector', 'text_encoder', 'fusion', 'change_head', 'decoder', 'pred_head')
+COMPONENTS = ('registration', 'prior', 'image_encoder', 'mask', 'projector', 'text_encoder', 'fusion', 'change', 'change_proj', 'change_head', 'decoder', 'pred_head')
 
 def count_parameters(model: DiffVQA) -> dict[str, tuple[int, int]]:
     "Per component (total, trainable) parameter counts; shared tensors counted once (the no-prior tokens count with the projector)."

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import json
 import math
 import time
@@ -29,7 +30,7 @@ from .data import PairCache
 from .metrics import auroc
 from .groundtruth import box_grid, load_ground_truth, visit_findings
 from .mask import AdaptiveMask, difference_fusion
-from .model import ImageEncoder, build_registration
+from .model import ChangeEncoder, ImageEncoder, build_registration
 from .prior import DinoPrior
 from .registration import affine_from_params, corner_error, warp_affine
 from .templates import FINDINGS
@@ -37,9 +38,10 @@ from .templates import FINDINGS
 # %% auto #0
 __all__ = ['CHEXPERT_LABELS', 'ARCH_FIELDS', 'PRETRAINED_FORMAT', 'training_films', 'holdout_mask', 'FilmLabels', 'film_labels',
            'random_thetas', 'photometric', 'GroundedHeads', 'grounded_loss', 'load_films', 'box_masks', 'token_targets',
-           'pretrain_encoder', 'invert_theta', 'pretrain_registration', 'pretrain_mask', 'DinoHead', 'sinkhorn_knopp',
-           'random_crops', 'pretrain_prior', 'PretrainResult', 'films_hash', 'pretrain', 'apply_pretrained',
-           'pretrain_key', 'code_hash', 'cached_pretrain', 'add_pretrain_args', 'run_pretrain']
+           'pretrain_encoder', 'invert_theta', 'pretrain_registration', 'pretrain_mask', 'change_pairs',
+           'change_targets', 'pretrain_change', 'DinoHead', 'sinkhorn_knopp', 'random_crops', 'pretrain_prior',
+           'PretrainResult', 'films_hash', 'pretrain', 'apply_pretrained', 'pretrain_key', 'code_hash',
+           'cached_pretrain', 'add_pretrain_args', 'run_pretrain']
 
 # %% ../nbs/api/22_pretrain.ipynb #034c4484
 def training_films(cache: PairCache, # a prepared cache
@@ -333,6 +335,64 @@ def pretrain_mask(cache: PairCache, # the prepared cache
         report['token_auroc_any'] = auroc(p.amax(-1).numpy(), tb.amax(-1).numpy())  # the most confident channel against any box
     return mask, report
 
+# %% ../nbs/api/22_pretrain.ipynb #10db9b36
+def change_pairs(films: pd.DataFrame, # from `training_films` (uses subject_id)
+                 idx: np.ndarray, # indices into films to draw from
+                ) -> np.ndarray:
+    "Every ordered pair of two different films of one subject among films[idx]: [n,2] indices (main, reference)."
+    sub = films.subject_id.to_numpy()
+    out = [(a, b) for s in np.unique(sub[idx]) for a, b in itertools.permutations(idx[sub[idx] == s], 2)]
+    return np.array(out, dtype=np.int64).reshape(-1, 2)
+
+def change_targets(findings: np.ndarray, # [n_films, F] 0/1 per-film findings (`FilmLabels.findings`)
+                   pairs: np.ndarray, # [n,2] from `change_pairs`
+                  ) -> Tensor:
+    "Per pair, which findings appeared (in main, not in reference) then which resolved: [n, 2F] float 0/1."
+    a, b = findings[pairs[:, 0]], findings[pairs[:, 1]]
+    return torch.from_numpy(np.concatenate([a * (1 - b), b * (1 - a)], 1).astype(np.float32))
+
+def _pair_films(cache: PairCache, rows: np.ndarray, pairs: np.ndarray) -> tuple[Tensor, Tensor]:
+    "The (main, reference) films of the given pairs: two [n,1,S,S] tensors in [0,1]."
+    x = load_films(cache, rows[pairs.reshape(-1)])
+    return x[0::2], x[1::2]
+
+# %% ../nbs/api/22_pretrain.ipynb #7423962f
+def pretrain_change(cache: PairCache, # the prepared cache
+                    films: pd.DataFrame, # from `training_films`
+                    labels: FilmLabels, # from `film_labels`
+                    fit: np.ndarray, # film indices to draw training pairs from
+                    held: np.ndarray, # film indices to draw report pairs from (other subjects)
+                    mcfg: ModelConfig, # change_width
+                    cfg: PretrainConfig, # epochs_change, bs, lr
+                    progress: bool = True, # a progress bar
+                   ) -> tuple[ChangeEncoder | None, dict]:
+    "Train the change CNN (with a linear head, then dropped) on appeared/resolved findings of same-subject film pairs; None when the model has none."
+    Fn = len(labels.vocabulary)
+    if not mcfg.change_width or cfg.epochs_change == 0 or Fn == 0:
+        return None, dict(skipped='no change CNN in the model' if not mcfg.change_width else 'no epochs' if cfg.epochs_change == 0 else 'no findings in the labels')
+    torch.manual_seed(cfg.seed + 4)
+    net, head, rows = ChangeEncoder(mcfg.change_width), nn.Linear(mcfg.change_width, 2 * Fn), films.row.to_numpy()
+    P = change_pairs(films, fit)
+    if len(P) == 0: return None, dict(skipped='no subject has two training films')
+    T = change_targets(labels.findings, P)
+    opt, sched = _optimizer(list(net.parameters()) + list(head.parameters()), cfg, cfg.lr, cfg.epochs_change * max(1, len(P) // cfg.bs))
+    net.train()
+    for ep, step, total, b in _epochs(np.arange(len(P)), cfg.bs, cfg.epochs_change, cfg.seed + 4, 'pretrain: change CNN', progress):
+        loss = F.binary_cross_entropy_with_logits(head(net(*_pair_films(cache, rows, P[b]))), T[b])
+        opt.zero_grad(); loss.backward(); opt.step(); sched.step()
+    net.eval()
+    report: dict[str, Any] = dict(train_loss=float(loss.detach()), n_pairs=int(len(P)))
+    H = change_pairs(films, held)
+    if len(H):
+        with torch.no_grad(): p = torch.cat([torch.sigmoid(head(net(*_pair_films(cache, rows, H[i:i + 64])))) for i in range(0, len(H), 64)]).numpy()
+        t = change_targets(labels.findings, H).numpy()
+        each = {f'{k} {n}': auroc(p[:, j * Fn + i], t[:, j * Fn + i]) for j, k in enumerate(('appeared', 'resolved')) for i, n in enumerate(labels.vocabulary)}
+        said, true = p > 0.5, t > 0
+        tp, fp, fn = int((said & true).sum()), int((said & ~true).sum()), int((~said & true).sum())
+        report |= dict(n_heldout_pairs=int(len(H)), auroc={k: round(v, 3) for k, v in each.items()},
+                       auroc_mean=float(np.nanmean(list(each.values()))), f1=2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float('nan'))
+    return net, report
+
 # %% ../nbs/api/22_pretrain.ipynb #f3c3b244
 class DinoHead(nn.Module):
     "MLP → L2-normalised 64-d bottleneck → weight-normalised (unit-norm) prototypes: [B,H] → [B,K] scores."
@@ -447,7 +507,7 @@ def pretrain_prior(cache: PairCache, # the prepared cache
 # %% ../nbs/api/22_pretrain.ipynb #b235b30f
 ARCH_FIELDS = ('image_size', 'image_encoder', 'image_encoder_kwargs', 'image_standardize', 'prior_image_size', 'prior_kwargs',
                'registration_channels', 'registration_max_rotation', 'registration_max_log_scale', 'registration_max_shear',
-               'registration_max_translation', 'image_summary', 'mask_hidden', 'mask_channels')
+               'registration_max_translation', 'image_summary', 'mask_hidden', 'mask_channels', 'change_width')
 PRETRAINED_FORMAT = 'diffvqa-pretrained'
 
 @dataclass
@@ -468,18 +528,20 @@ def _arch(mcfg: ModelConfig) -> dict:
     return {k: v for k, v in config_to_dict(mcfg).items() if k in ARCH_FIELDS} | {'summary_width': _decoder_width(mcfg)}
 
 def _write_pretrained(tmp: Path, enc: ImageEncoder, heads: GroundedHeads, reg: nn.Module, prior: Dinov2Model,
-                      mask: AdaptiveMask | None, mcfg: ModelConfig) -> dict:
+                      mask: AdaptiveMask | None, change: ChangeEncoder | None, mcfg: ModelConfig) -> dict:
     "Save the parts into `tmp`; return the model fields they fill (paths relative to the folder)."
     save_file({k: v.contiguous() for k, v in enc.backbone.state_dict().items()}, str(tmp/'image_encoder.safetensors'))
     save_file({k: v.contiguous() for k, v in heads.summary.state_dict().items()}, str(tmp/'image_summary.safetensors'))
     save_file({k: v.contiguous() for k, v in reg.state_dict().items()}, str(tmp/'registration.safetensors'))
     if mask is not None: save_file({k: v.contiguous() for k, v in mask.state_dict().items()}, str(tmp/'mask.safetensors'))
+    if change is not None: save_file({k: v.contiguous() for k, v in change.state_dict().items()}, str(tmp/'change.safetensors'))
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()   # no 'Writing model shards' bar in the command's output
     try: prior.save_pretrained(str(tmp/'prior'))
     finally: hf_logging.enable_progress_bar()
     return dict(image_encoder_weights='image_encoder.safetensors', image_summary_weights='image_summary.safetensors',
-                prior='prior', registration_weights='registration.safetensors') | ({'mask_weights': 'mask.safetensors'} if mask is not None else {})
+                prior='prior', registration_weights='registration.safetensors') | ({'mask_weights': 'mask.safetensors'} if mask is not None else {}) \
+           | ({'change_weights': 'change.safetensors'} if change is not None else {})
 
 def pretrain(data: str | Path, # a prepared cache (`diffvqa prepare`)
              out: str | Path, # the folder to write (replaced if it exists)
@@ -488,12 +550,12 @@ def pretrain(data: str | Path, # a prepared cache (`diffvqa prepare`)
              model_config: ModelConfig | None = None, # instead of the preset's model
              progress: bool = True, # progress bars
             ) -> PretrainResult:
-    "Train φ, the mask head, the registration CNN and the DINO prior on the training split's films; write them for `apply_pretrained`."
+    "Train φ, the mask head, the change CNN, the registration CNN and the DINO prior on the training split's films; write them for `apply_pretrained`."
     cfg, cache = config or PretrainConfig(), PairCache(data)
     mcfg = copy.deepcopy(model_config) if model_config is not None else get_preset(preset).model
     if cache.size != mcfg.image_size:
         raise DiffVQAError(f'--data {data}: films are cached at {cache.size}px but the {preset} model takes {mcfg.image_size}px')
-    for k in ('epochs', 'epochs_prior', 'prior_grounded_epochs', 'epochs_registration', 'epochs_mask'):
+    for k in ('epochs', 'epochs_prior', 'prior_grounded_epochs', 'epochs_registration', 'epochs_mask', 'epochs_change'):
         if getattr(cfg, k) < 0: raise DiffVQAError(f'--{k.replace("_", "-")}: must be >= 0, got {getattr(cfg, k)}')
     if cfg.bs < 2: raise DiffVQAError(f'--bs: must be at least 2, got {cfg.bs}')
     seed_everything(cfg.seed)
@@ -504,11 +566,12 @@ def pretrain(data: str | Path, # a prepared cache (`diffvqa prepare`)
     secs, t = {}, time.time()
     enc, heads, rep_e = pretrain_encoder(cache, films, labels, fit, held, mcfg, cfg, progress); secs['image_encoder'] = time.time() - t; t = time.time()
     mask, rep_m = pretrain_mask(cache, films, labels, fit, held, enc, mcfg, cfg, progress); secs['mask'] = time.time() - t; t = time.time()
+    change, rep_c = pretrain_change(cache, films, labels, fit, held, mcfg, cfg, progress); secs['change'] = time.time() - t; t = time.time()
     reg, rep_r = pretrain_registration(cache, films, fit, held, mcfg, cfg, progress); secs['registration'] = time.time() - t; t = time.time()
     prior, rep_p = pretrain_prior(cache, films, labels, fit, mcfg, cfg, progress); secs['prior'] = time.time() - t
-    report = dict(image_encoder=rep_e, mask=rep_m, registration=rep_r, prior=rep_p)
+    report = dict(image_encoder=rep_e, mask=rep_m, change=rep_c, registration=rep_r, prior=rep_p)
     with atomic_dir(out) as tmp:
-        fields = _write_pretrained(tmp, enc, heads, reg, prior, mask, mcfg)
+        fields = _write_pretrained(tmp, enc, heads, reg, prior, mask, change, mcfg)
         info = dict(format=PRETRAINED_FORMAT, version=1, preset=preset, fields=fields, architecture=_arch(mcfg),
                     films=dict(n=len(films), n_fit=int(len(fit)), n_heldout=int(len(held)), sha256=films_hash(cache, films, labels),
                                cache=str(cache.path.resolve()), splits='train only'),
@@ -587,10 +650,11 @@ def run_pretrain(args: Any, # parsed `diffvqa pretrain` flags
     if not Path(args.data).is_dir(): raise DiffVQAError(f'--data {args.data}: no such folder')
     cfg = apply_overrides(PretrainConfig(), config_overrides(args, PretrainConfig))
     r = pretrain(args.data, args.out, args.preset, cfg, progress=not args.no_progress)
-    e, g, p, m = r.report['image_encoder'], r.report['registration'], r.report['prior'], r.report['mask']
+    e, g, p, m, c = r.report['image_encoder'], r.report['registration'], r.report['prior'], r.report['mask'], r.report['change']
     print(f"{r.out}: image encoder view accuracy {e.get('view_accuracy', float('nan')):.3f}, findings AUROC "
           f"{e.get('findings_auroc_mean', float('nan')):.3f}, box AUROC {e.get('boxes_auroc', float('nan')):.3f}; mask head token AUROC "
-          f"{m.get('token_auroc', float('nan')):.3f}{'' if 'skipped' not in m else ' (' + m['skipped'] + ')'}; registration "
+          f"{m.get('token_auroc', float('nan')):.3f}{'' if 'skipped' not in m else ' (' + m['skipped'] + ')'}; change CNN AUROC "
+          f"{c.get('auroc_mean', float('nan')):.3f}, F1 {c.get('f1', float('nan')):.3f}{'' if 'skipped' not in c else ' (' + c['skipped'] + ')'}; registration "
           f"corner error {g.get('corner_error_px', float('nan')):.2f} px (unregistered {g.get('corner_error_unregistered_px', float('nan')):.2f}); "
           f"prior DINO loss {p.get('dino_loss_first', float('nan')):.3f} -> {p.get('dino_loss_last', float('nan')):.3f} "
           f"(uniform {p.get('uniform_loss', float('nan')):.3f}); held-out training films: {e.get('n_heldout', 0)}")

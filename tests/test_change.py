@@ -1,0 +1,99 @@
+"""The tiny preset's change CNN (early fusion of a pair): its pretraining targets, its pairs, a cue it can only read from the films, and how the model uses it."""
+import os
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from diffvqa.core import PretrainConfig, get_preset
+from diffvqa.model import ChangeEncoder, DiffVQA
+from diffvqa.pretrain import FilmLabels, change_pairs, change_targets, pretrain_change
+from diffvqa.tokenizer import train_bpe_tokenizer
+
+os.environ.setdefault('HF_HUB_OFFLINE', '1')
+torch.set_num_threads(2)
+
+
+def test_change_targets_by_hand():
+    findings = np.array([[1, 0], [0, 1], [1, 1]], np.float32)
+    t = change_targets(findings, np.array([[0, 1], [2, 0], [1, 2]]))
+    # columns: appeared f0, appeared f1, resolved f0, resolved f1
+    assert t.tolist() == [[1, 0, 0, 1], [0, 1, 0, 0], [0, 0, 1, 0]]
+
+
+def test_change_pairs_are_ordered_and_within_one_subject():
+    films = pd.DataFrame(dict(subject_id=[1, 1, 2, 2, 2, 3]))
+    p = change_pairs(films, np.arange(6))
+    assert len(p) == 2 + 6 and all(films.subject_id[a] == films.subject_id[b] and a != b for a, b in p)
+    assert {(0, 1), (1, 0)} <= set(map(tuple, p.tolist()))
+    assert len(change_pairs(films, np.array([0, 2, 3, 5]))) == 2      # only films in idx: subject 2's films 2 and 3
+    assert change_pairs(films, np.array([5])).shape == (0, 2)
+
+
+def _subject_films(n_subjects: int, size: int = 64, seed: int = 0):
+    "Per subject a smooth anatomy of its own, two films: one clear, one with a square on the left (finding 0) or right (1)."
+    rng = np.random.default_rng(seed)
+    x, Y, sub = [], [], []
+    for s in range(n_subjects):
+        base = np.kron(rng.uniform(0.2, 0.8, (8, 8)), np.ones((size // 8, size // 8))).astype(np.float32)
+        side = s % 2
+        for lesion in (False, True):
+            f = base + rng.normal(0, 0.03, base.shape).astype(np.float32)
+            if lesion:
+                r = rng.integers(8, size - 24); c = rng.integers(4, size // 2 - 20) + side * size // 2
+                f[r:r + 16, c:c + 16] += 0.3          # the same brightness on either side: only where it is tells them apart
+            x.append(np.clip(f, 0, 1)); Y.append([lesion and side == 0, lesion and side == 1]); sub.append(s)
+    return np.round(np.stack(x) * 255).astype(np.uint8), np.array(Y, np.float32), np.array(sub)
+
+
+def test_change_cnn_learns_which_side_changed():
+    "Trained on same-subject pairs, the CNN tells a new finding on the left from one on the right, and appeared from resolved."
+    x, Y, sub = _subject_films(96)
+    cache = SimpleNamespace(array=x, size=64)
+    films = pd.DataFrame(dict(row=np.arange(len(x)), subject_id=sub))
+    labels = FilmLabels(['left', 'right'], np.zeros(len(x), np.int64), Y, [[] for _ in x], 'ground_truth')
+    mcfg = get_preset('tiny').model
+    mcfg.change_width = 32
+    fit, held = np.flatnonzero(sub < 80), np.flatnonzero(sub >= 80)
+    net, rep = pretrain_change(cache, films, labels, fit, held, mcfg, PretrainConfig(epochs_change=25, bs=16, lr=3e-3), progress=False)
+    assert isinstance(net, ChangeEncoder) and rep['n_pairs'] == 160 and rep['n_heldout_pairs'] == 32
+    assert min(rep['auroc'].values()) > 0.9 and rep['f1'] > 0.8, rep
+
+
+def test_no_change_cnn_no_pretraining():
+    mcfg = get_preset('paper').model
+    assert mcfg.change_width == 0
+    net, rep = pretrain_change(None, None, FilmLabels(['a'], np.zeros(1), np.zeros((1, 1)), [[]], 'none'), None, None, mcfg, PretrainConfig(), progress=False)
+    assert net is None and 'no change CNN' in rep['skipped']
+
+
+@pytest.fixture(scope='module')
+def tok():
+    return train_bpe_tokenizer(['what has changed compared to the reference image?', 'nothing has changed.', 'yes.'] * 10, vocab_size=300)
+
+
+def test_model_reads_the_change_cnn_through_the_answer_slot(tok, tmp_path):
+    "Zero at the start; zero without a reference; loaded from weights it is fixed and stays in eval mode."
+    torch.manual_seed(0)
+    cfg = get_preset('tiny').model
+    assert cfg.change_width == 0   # opt-in (README: it lifts difference F1 but costs the view answers and 5 min of pretraining)
+    cfg.change_width = 160
+    m = DiffVQA.from_preset(cfg, tokenizer=tok)
+    g = torch.Generator().manual_seed(0)
+    main, ref = torch.rand(3, 1, 128, 128, generator=g), torch.rand(3, 1, 128, 128, generator=g)
+    q = tok(['what has changed compared to the reference image?'] * 3, return_tensors='pt')
+    has_ref = torch.tensor([True, True, False])
+    parts = m.encode_images(main, ref, has_ref)
+    assert parts['change'].shape == (3, cfg.change_width) and parts['change'][2].abs().max() == 0 and parts['change'][0].abs().max() > 0
+    assert torch.equal(m.change_proj(parts['change']), torch.zeros(3, m.decoder.config.n_embd))   # no input at the start
+    w = tmp_path/'change.safetensors'
+    save_file({k: v.contiguous() for k, v in ChangeEncoder(cfg.change_width).state_dict().items()}, str(w))
+    enc = tmp_path/'phi.safetensors'   # every other part random or from a local file: nothing is fetched
+    save_file({k: v.contiguous() for k, v in m.image_encoder.backbone.state_dict().items()}, str(enc))
+    cfg.change_weights, cfg.image_encoder_weights, cfg.pretrained = str(w), str(enc), True
+    m2 = DiffVQA(cfg, tok).train()
+    assert not any(p.requires_grad for p in m2.change.parameters()) and not m2.change.training
+    assert m2.change_proj.weight.requires_grad
