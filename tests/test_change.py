@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from diffvqa.core import PretrainConfig, get_preset
+from diffvqa.core import DiffVQAError, PretrainConfig, get_preset
 from diffvqa.model import ChangeEncoder, DiffVQA
 from diffvqa.pretrain import FilmLabels, change_pairs, change_targets, pretrain_change
 from diffvqa.tokenizer import train_bpe_tokenizer
@@ -75,12 +75,11 @@ def tok():
     return train_bpe_tokenizer(['what has changed compared to the reference image?', 'nothing has changed.', 'yes.'] * 10, vocab_size=300)
 
 
-def test_model_reads_the_change_cnn_through_the_answer_slot(tok, tmp_path):
-    "Zero at the start; zero without a reference; loaded from weights it is fixed and stays in eval mode."
+def test_model_reads_the_change_cnn_through_the_answer_fusion(tok, tmp_path):
+    "Zero without a reference; read by the answer fusion, so at the start (fusion zero) nothing changes; loaded, it is fixed and stays in eval mode."
     torch.manual_seed(0)
     cfg = get_preset('tiny').model
-    assert cfg.change_width == 0   # opt-in (README: it lifts difference F1 but costs the view answers and 5 min of pretraining)
-    cfg.change_width = 160
+    assert cfg.change_width > 0 and cfg.fusion_rank > 0
     m = DiffVQA.from_preset(cfg, tokenizer=tok)
     g = torch.Generator().manual_seed(0)
     main, ref = torch.rand(3, 1, 128, 128, generator=g), torch.rand(3, 1, 128, 128, generator=g)
@@ -88,7 +87,14 @@ def test_model_reads_the_change_cnn_through_the_answer_slot(tok, tmp_path):
     has_ref = torch.tensor([True, True, False])
     parts = m.encode_images(main, ref, has_ref)
     assert parts['change'].shape == (3, cfg.change_width) and parts['change'][2].abs().max() == 0 and parts['change'][0].abs().max() > 0
-    assert torch.equal(m.change_proj(parts['change']), torch.zeros(3, m.decoder.config.n_embd))   # no input at the start
+    D = m.decoder.config.n_embd
+    assert m.fusion.image.in_features == 3 * D + cfg.change_width
+    pre = m.prefix(parts, q['input_ids'], q['attention_mask'], torch.arange(3))
+    assert torch.equal(pre.answer_bias, torch.zeros(3, D))          # the fusion's output layer starts at zero
+    torch.nn.init.normal_(m.fusion.out.weight)
+    other = dict(parts, change=parts['change'].flip(0))             # another pair's change features, same summaries
+    b1, b2 = (m.prefix(p, q['input_ids'], q['attention_mask'], torch.arange(3)).answer_bias for p in (parts, other))
+    assert not torch.allclose(b1, b2)                               # the answer slot depends on them
     w = tmp_path/'change.safetensors'
     save_file({k: v.contiguous() for k, v in ChangeEncoder(cfg.change_width).state_dict().items()}, str(w))
     enc = tmp_path/'phi.safetensors'   # every other part random or from a local file: nothing is fetched
@@ -96,4 +102,11 @@ def test_model_reads_the_change_cnn_through_the_answer_slot(tok, tmp_path):
     cfg.change_weights, cfg.image_encoder_weights, cfg.pretrained = str(w), str(enc), True
     m2 = DiffVQA(cfg, tok).train()
     assert not any(p.requires_grad for p in m2.change.parameters()) and not m2.change.training
-    assert m2.change_proj.weight.requires_grad
+    assert m2.fusion.image.weight.requires_grad
+
+
+def test_change_cnn_needs_the_answer_fusion(tok):
+    cfg = get_preset('tiny').model
+    cfg.fusion_rank = 0
+    with pytest.raises(DiffVQAError, match='change_width: the change CNN feeds the answer fusion'):
+        DiffVQA.from_preset(cfg, tokenizer=tok)
