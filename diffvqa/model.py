@@ -168,7 +168,7 @@ def _conv_block(i: int, o: int, convs: int = 2) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 class ChangeEncoder(nn.Module):
-    "Early fusion of a pair: a CNN over [main, reference, main − reference], each film standardised → [B, width] (tiny only)."
+    "Early fusion of a pair: a CNN over [registered main, reference, their difference], each film standardised → [B, width] (tiny only)."
     def __init__(self,
                  width: int = 160, # output features (the last block's channels)
                 ):
@@ -179,8 +179,8 @@ class ChangeEncoder(nn.Module):
         self.width = width
 
     def forward(self,
-                main: Tensor, # [B,1,S,S] main film in [0,1]
-                ref: Tensor, # [B,1,S,S] reference film on the main film's grid (registered), in [0,1]
+                main: Tensor, # [B,1,S,S] main film registered onto the reference's grid, in [0,1]
+                ref: Tensor, # [B,1,S,S] reference film, in [0,1]
                ) -> Tensor: # [B, width]
         s = lambda x: (x - x.mean((2, 3), keepdim=True)) / x.std((2, 3), keepdim=True).clamp(min=1e-3)
         a, b = s(main.float()), s(ref.float())
