@@ -28,9 +28,10 @@ from .templates import CHANGE_KINDS, FINDINGS
 from .tokenizer import ANS_TOKEN, EOS_TOKEN, IMG_TOKEN, QTN_TOKEN, add_special_tokens, check_tokenizer, load_tokenizer
 
 # %% auto #0
-__all__ = ['COMPONENTS', 'ImageEncoder', 'Projector', 'TextEncoder', 'AnswerFusion', 'mlp_head', 'ChangeEncoder', 'build_decoder',
-           'build_registration', 'load_weights', 'placeholder_tokenizer', 'shared_tensor_keys', 'pair_groups',
-           'DiffVQAOutput', 'GenerationOutput', 'Prefix', 'DiffVQA', 'model_dir', 'count_parameters', 'parameter_table']
+__all__ = ['CHANGE_WORDS', 'COMPONENTS', 'ImageEncoder', 'Projector', 'TextEncoder', 'AnswerFusion', 'mlp_head', 'ChangeEncoder',
+           'build_decoder', 'build_registration', 'load_weights', 'placeholder_tokenizer', 'shared_tensor_keys',
+           'pair_groups', 'DiffVQAOutput', 'GenerationOutput', 'Prefix', 'DiffVQA', 'model_dir', 'count_parameters',
+           'parameter_table']
 
 # %% ../nbs/api/15_model.ipynb #6a61273f
 class ImageEncoder(nn.Module):
@@ -305,13 +306,16 @@ class GenerationOutput:
 class Prefix:
     "The decoder prefix in two parts: the image tokens once per distinct pair, the question part once per question."
     image: Tensor        # [P,2N+2,D] [<img>, main tokens, <img>, ref tokens] of each distinct pair
-    question: Tensor     # [B,Lq+2,D] [<qtn>, question, <ans>] of each question
-    attn: Tensor         # [B,2N+2+Lq+2] 1 where visible (the image part is always visible)
+    question: Tensor     # [B,Lq+K+2,D] [<qtn>, question, K change tokens, <ans>] of each question (K = F with change_tokens, else 0)
+    attn: Tensor         # [B,2N+2+Lq+K+2] 1 where visible (the image part is always visible)
     pair_index: Tensor   # [B] each question's pair row
     parts: dict          # the pair-level image-side tensors named as in DiffVQAOutput
     answer_bias: Tensor | None = None  # [B,D] the answer fusion (with the change CNN's features when there is one), added to <ans> and to every answer token (None: no fusion)
+    change_logits: Tensor | None = None  # [B,3F] added / removed / level-changed scores read from the answer fusion (None: no fusion)
 
 # %% ../nbs/api/15_model.ipynb #6cd4929a
+CHANGE_WORDS: tuple[str, ...] = ('additional', 'missing', 'level')  # the word of each `CHANGE_KINDS` entry in the release's sentences
+
 class DiffVQA(nn.Module):
     "The attention-consistent longitudinal VQA model."
     def __init__(self,
@@ -354,13 +358,19 @@ class DiffVQA(nn.Module):
         self.change = ChangeEncoder(config.change_width) if config.change_width else None  # early fusion of the pair (tiny)
         if self.change is not None and pre and config.change_weights:
             load_weights(self.change, config.change_weights, 'change_weights'); self.change.requires_grad_(False)  # kept as pretrained
+        if config.change_tokens and not config.fusion_rank: raise DiffVQAError('change_tokens: the tokens read the answer fusion (fusion_rank)')
+        words = [tokenizer(f' {w}', add_special_tokens=False)['input_ids'] for w in (*FINDINGS, *CHANGE_WORDS)] if config.change_tokens else [[0]]
+        n = max(map(len, words))
+        self.register_buffer('change_words', torch.tensor([w + [0] * (n - len(w)) for w in words]), persistent=False)  # [F+3, n] token ids
+        self.register_buffer('change_words_mask', torch.tensor([[1.] * len(w) + [0.] * (n - len(w)) for w in words]), persistent=False)
+        self.n_change_tokens = len(FINDINGS) if config.change_tokens else 0
         self.n_image = N + int(config.image_summary)  # decoder tokens per film
         self.no_prior = nn.Parameter(torch.randn(1, self.n_image, D) * 0.02)  # reference tokens of a single-visit question
         ids = tokenizer.convert_tokens_to_ids([IMG_TOKEN, QTN_TOKEN, ANS_TOKEN])
         self.register_buffer('special_ids', torch.tensor(ids), persistent=False)
         self.pad_id, self.eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
         self._cache_kw = 'cache' if 'cache' in inspect.signature(self.decoder.forward).parameters else 'past_key_values'
-        longest = 4 + 2 * self.n_image + config.max_question_len + config.max_answer_len
+        longest = 4 + 2 * self.n_image + config.max_question_len + config.max_answer_len + self.n_change_tokens
         if longest > self.decoder.config.n_positions:
             raise DiffVQAError(f'config: prefix + answer needs {longest} positions, the decoder has {self.decoder.config.n_positions}')
 
@@ -511,10 +521,25 @@ def prefix(self: DiffVQA,
         c = None if parts.get('change') is None else parts['change'][index]  # the change CNN's features, gated by the question like the summaries
         bias = self.fusion(img_main[:, 0][index], img_ref[:, 0][index], (text * m).sum(1) / m.sum(1).clamp(min=1), c).to(text.dtype)
     ans = s_ans.expand(B, -1) if bias is None else s_ans + bias
-    question = torch.cat([s_qtn.expand(B, 1, -1), text, ans[:, None]], dim=1)
+    change = None if bias is None else self.change_head(bias)
+    words = self.change_tokens(change) if self.n_change_tokens else text[:, :0]
+    question = torch.cat([s_qtn.expand(B, 1, -1), text, words.to(text.dtype), ans[:, None]], dim=1)
     attn = torch.cat([torch.ones(B, 2 * N + 3, dtype=torch.long, device=dev), question_mask.long(),
-                      torch.ones(B, 1, dtype=torch.long, device=dev)], dim=1)
-    return Prefix(image=image, question=question, attn=attn, pair_index=index, parts=parts | dict(pair_index=index), answer_bias=bias)
+                      torch.ones(B, words.shape[1] + 1, dtype=torch.long, device=dev)], dim=1)
+    return Prefix(image=image, question=question, attn=attn, pair_index=index, parts=parts | dict(pair_index=index),
+                  answer_bias=bias, change_logits=change)
+
+# %% ../nbs/api/15_model.ipynb #86913d91
+@patch_to(DiffVQA)
+def change_tokens(self: DiffVQA,
+                  logits: Tensor, # [B,3F] the answer fusion's change scores (`change_head`)
+                 ) -> Tensor: # [B,F,D]
+    "One token per finding: Σ over change kinds of P(kind) × (kind word + finding name), in the decoder's own word embeddings (tiny's copy path)."
+    wte, m = self.decoder.get_input_embeddings(), self.change_words_mask
+    e = (wte(self.change_words) * m[..., None]).sum(1) / m.sum(1, keepdim=True)  # [F+3,D] mean embedding of each word
+    Fn = len(FINDINGS)
+    words = e[Fn:, None] + e[None, :Fn]  # [3,F,D]: 'additional' / 'missing' / 'level' + the name
+    return (torch.sigmoid(logits.float()).to(e.dtype).view(-1, len(CHANGE_KINDS), Fn, 1) * words).sum(1)
 
 # %% ../nbs/api/15_model.ipynb #d35bf44d
 @patch_to(DiffVQA)
@@ -535,8 +560,7 @@ def forward(self: DiffVQA,
     p = pre.parts
     f_pred_main, f_pred_ref = self.pred_head(torch.cat([p['f_mask_main'], p['f_mask_ref']])).chunk(2)
     z = torch.cat([p['f_mask_main'].mean(1), p['f_mask_ref'].mean(1)], dim=-1)
-    change = self.change_head(pre.answer_bias) if self.change_head is not None else None
-    return DiffVQAOutput(logits=logits, change_logits=change, f_pred_main=f_pred_main, f_pred_ref=f_pred_ref, z=z, **p)
+    return DiffVQAOutput(logits=logits, change_logits=pre.change_logits, f_pred_main=f_pred_main, f_pred_ref=f_pred_ref, z=z, **p)
 
 @patch_to(DiffVQA)
 def answer_logits(self: DiffVQA,
@@ -566,7 +590,7 @@ def _answer_embeds(self: DiffVQA, pre: Prefix, ids: Tensor) -> Tensor:
 def _read(self: DiffVQA,
           pre: Prefix, # from `encode`
           embeds: Tensor, # [B,T,D] what follows the image part: [<qtn>, question, <ans>] and any answer tokens
-          extra_mask: Tensor | None = None, # [B,T-(Lq+2)] visibility of the tokens after <ans> (None: all visible)
+          extra_mask: Tensor | None = None, # [B,T-(Lq+K+2)] visibility of the tokens after <ans> (None: all visible)
           keep: int = 1, # logits of the last `keep` positions
          ) -> tuple[Tensor, object]:
     "The image part once per pair (its cache copied to each question), then each question's tokens: logits [B,keep,V] and the cache."

@@ -33,15 +33,16 @@ from .mask import AdaptiveMask, difference_fusion
 from .model import ChangeEncoder, ImageEncoder, build_registration
 from .prior import DinoPrior
 from .registration import affine_from_params, corner_error, warp_affine
+from .lesions import CATALOGUE
 from .templates import FINDINGS
 
 # %% auto #0
-__all__ = ['CHEXPERT_LABELS', 'ARCH_FIELDS', 'PRETRAINED_FORMAT', 'training_films', 'holdout_mask', 'FilmLabels', 'film_labels',
-           'random_thetas', 'photometric', 'GroundedHeads', 'grounded_loss', 'load_films', 'box_masks', 'token_targets',
-           'pretrain_encoder', 'invert_theta', 'pretrain_registration', 'pretrain_mask', 'change_pairs',
-           'change_targets', 'pretrain_change', 'DinoHead', 'sinkhorn_knopp', 'random_crops', 'pretrain_prior',
-           'PretrainResult', 'films_hash', 'pretrain', 'apply_pretrained', 'pretrain_key', 'code_hash',
-           'cached_pretrain', 'add_pretrain_args', 'run_pretrain']
+__all__ = ['CHEXPERT_LABELS', 'CHANGE_TARGETS', 'ARCH_FIELDS', 'PRETRAINED_FORMAT', 'training_films', 'holdout_mask',
+           'FilmLabels', 'film_labels', 'random_thetas', 'photometric', 'GroundedHeads', 'grounded_loss', 'load_films',
+           'box_masks', 'token_targets', 'pretrain_encoder', 'invert_theta', 'pretrain_registration', 'pretrain_mask',
+           'change_pairs', 'change_targets', 'pretrain_change', 'DinoHead', 'sinkhorn_knopp', 'random_crops',
+           'pretrain_prior', 'PretrainResult', 'films_hash', 'pretrain', 'apply_pretrained', 'pretrain_key',
+           'code_hash', 'cached_pretrain', 'add_pretrain_args', 'run_pretrain']
 
 # %% ../nbs/api/22_pretrain.ipynb #034c4484
 def training_films(cache: PairCache, # a prepared cache
@@ -77,6 +78,7 @@ class FilmLabels:
     findings: np.ndarray         # [n, F] 0/1
     boxes: list[list[tuple[int, list[int]]]]  # per film: (finding column, [x0, y0, x1, y1] in cache pixels)
     source: str                  # 'ground_truth', 'chexpert' or 'none'
+    levels: np.ndarray | None = None  # [n, F] severity rank: 0 absent, 1 the mildest level (or present, for findings without levels), ...; None: only presence known
 
 _VIEW = {'PA': 0, 'postero-anterior': 0, 'AP': 1, 'antero-posterior': 1}
 
@@ -91,11 +93,15 @@ def film_labels(cache: PairCache, # a prepared cache
         vocab = [f for f in FINDINGS if any(x['name'] == f for p in per for x in p)]
         col = {f: i for i, f in enumerate(vocab)}
         Y = np.zeros((len(films), len(vocab)), np.float32)
+        L = np.zeros((len(films), len(vocab)), np.int64)
         boxes: list[list[tuple[int, list[int]]]] = []
         for i, p in enumerate(per):
-            for x in p: Y[i, col[x['name']]] = 1
+            for x in p:
+                Y[i, col[x['name']]] = 1
+                words = CATALOGUE[x['name']].levels
+                L[i, col[x['name']]] = words.index(x['level']) + 1 if x.get('level') in words else 1
             boxes.append([(col[x['name']], x['box']) for x in p if x['box'] is not None])
-        return FilmLabels(vocab, view, Y, boxes, 'ground_truth')
+        return FilmLabels(vocab, view, Y, boxes, 'ground_truth', L)
     all_csv = cache.meta.get('sources', {}).get('all_csv')
     if all_csv and Path(all_csv).is_file():
         alls = pd.read_csv(all_csv).drop_duplicates('study_id').set_index('study_id')
@@ -344,12 +350,19 @@ def change_pairs(films: pd.DataFrame, # from `training_films` (uses subject_id)
     out = [(a, b) for s in np.unique(sub[idx]) for a, b in itertools.permutations(idx[sub[idx] == s], 2)]
     return np.array(out, dtype=np.int64).reshape(-1, 2)
 
+CHANGE_TARGETS: tuple[str, ...] = ('appeared', 'resolved', 'worsened', 'improved',
+                                   'main level ≥ 2', 'main level ≥ 3', 'reference level ≥ 2', 'reference level ≥ 3')
+
 def change_targets(findings: np.ndarray, # [n_films, F] 0/1 per-film findings (`FilmLabels.findings`)
                    pairs: np.ndarray, # [n,2] from `change_pairs`
+                   levels: np.ndarray | None = None, # [n_films, F] severity ranks (`FilmLabels.levels`; None: presence only)
                   ) -> Tensor:
-    "Per pair, which findings appeared (in main, not in reference) then which resolved: [n, 2F] float 0/1."
-    a, b = findings[pairs[:, 0]], findings[pairs[:, 1]]
-    return torch.from_numpy(np.concatenate([a * (1 - b), b * (1 - a)], 1).astype(np.float32))
+    "Per pair, one block of F columns per `CHANGE_TARGETS` entry (appeared, resolved, worsened, improved, then each film's rank ≥ 2, ≥ 3): [n, 8F] float 0/1."
+    lv = findings.astype(np.int64) if levels is None else np.asarray(levels)
+    a, b = lv[pairs[:, 0]], lv[pairs[:, 1]]
+    both = (a > 0) & (b > 0)
+    blocks = [(a > 0) & (b == 0), (b > 0) & (a == 0), both & (a > b), both & (a < b), a >= 2, a >= 3, b >= 2, b >= 3]
+    return torch.from_numpy(np.concatenate(blocks, 1).astype(np.float32))
 
 def _pair_films(cache: PairCache, rows: np.ndarray, pairs: np.ndarray) -> tuple[Tensor, Tensor]:
     "The (main, reference) films of the given pairs: two [n,1,S,S] tensors in [0,1]."
@@ -366,15 +379,15 @@ def pretrain_change(cache: PairCache, # the prepared cache
                     cfg: PretrainConfig, # epochs_change, bs, lr
                     progress: bool = True, # a progress bar
                    ) -> tuple[ChangeEncoder | None, dict]:
-    "Train the change CNN (with a linear head, then dropped) on appeared/resolved findings of same-subject film pairs; None when the model has none."
+    "Train the change CNN (with a linear head, then dropped) on `change_targets` of same-subject film pairs (what appeared, resolved, worsened, improved; each film's severity); None when the model has none."
     Fn = len(labels.vocabulary)
     if not mcfg.change_width or cfg.epochs_change == 0 or Fn == 0:
         return None, dict(skipped='no change CNN in the model' if not mcfg.change_width else 'no epochs' if cfg.epochs_change == 0 else 'no findings in the labels')
     torch.manual_seed(cfg.seed + 4)
-    net, head, rows = ChangeEncoder(mcfg.change_width), nn.Linear(mcfg.change_width, 2 * Fn), films.row.to_numpy()
+    net, head, rows = ChangeEncoder(mcfg.change_width), nn.Linear(mcfg.change_width, len(CHANGE_TARGETS) * Fn), films.row.to_numpy()
     P = change_pairs(films, fit)
     if len(P) == 0: return None, dict(skipped='no subject has two training films')
-    T = change_targets(labels.findings, P)
+    T = change_targets(labels.findings, P, labels.levels)
     opt, sched = _optimizer(list(net.parameters()) + list(head.parameters()), cfg, cfg.lr, cfg.epochs_change * max(1, len(P) // cfg.bs))
     net.train()
     for ep, step, total, b in _epochs(np.arange(len(P)), cfg.bs, cfg.epochs_change, cfg.seed + 4, 'pretrain: change CNN', progress):
@@ -385,12 +398,16 @@ def pretrain_change(cache: PairCache, # the prepared cache
     H = change_pairs(films, held)
     if len(H):
         with torch.no_grad(): p = torch.cat([torch.sigmoid(head(net(*_pair_films(cache, rows, H[i:i + 64])))) for i in range(0, len(H), 64)]).numpy()
-        t = change_targets(labels.findings, H).numpy()
-        each = {f'{k} {n}': auroc(p[:, j * Fn + i], t[:, j * Fn + i]) for j, k in enumerate(('appeared', 'resolved')) for i, n in enumerate(labels.vocabulary)}
-        said, true = p > 0.5, t > 0
+        t = change_targets(labels.findings, H, labels.levels).numpy()
+        each = {f'{k} {n}': auroc(p[:, j * Fn + i], t[:, j * Fn + i]) for j, k in enumerate(CHANGE_TARGETS[:4]) for i, n in enumerate(labels.vocabulary)}
+        def mean(kinds: tuple[str, ...]) -> float:
+            v = [x for k, x in each.items() if k.split()[0] in kinds and x == x]  # NaN: a target without both classes
+            return float(np.mean(v)) if v else float('nan')
+        said, true = p[:, :2 * Fn] > 0.5, t[:, :2 * Fn] > 0  # F1 of appeared / resolved
         tp, fp, fn = int((said & true).sum()), int((said & ~true).sum()), int((~said & true).sum())
-        report |= dict(n_heldout_pairs=int(len(H)), auroc={k: round(v, 3) for k, v in each.items()},
-                       auroc_mean=float(np.nanmean(list(each.values()))), f1=2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float('nan'))
+        report |= dict(n_heldout_pairs=int(len(H)), auroc={k: round(v, 3) for k, v in each.items() if v == v},
+                       auroc_mean=mean(('appeared', 'resolved')), auroc_level_mean=mean(('worsened', 'improved')),
+                       f1=2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float('nan'))
     return net, report
 
 # %% ../nbs/api/22_pretrain.ipynb #f3c3b244
@@ -654,7 +671,7 @@ def run_pretrain(args: Any, # parsed `diffvqa pretrain` flags
     print(f"{r.out}: image encoder view accuracy {e.get('view_accuracy', float('nan')):.3f}, findings AUROC "
           f"{e.get('findings_auroc_mean', float('nan')):.3f}, box AUROC {e.get('boxes_auroc', float('nan')):.3f}; mask head token AUROC "
           f"{m.get('token_auroc', float('nan')):.3f}{'' if 'skipped' not in m else ' (' + m['skipped'] + ')'}; change CNN AUROC "
-          f"{c.get('auroc_mean', float('nan')):.3f}, F1 {c.get('f1', float('nan')):.3f}{'' if 'skipped' not in c else ' (' + c['skipped'] + ')'}; registration "
+          f"{c.get('auroc_mean', float('nan')):.3f} (worsened/improved {c.get('auroc_level_mean', float('nan')):.3f}), F1 {c.get('f1', float('nan')):.3f}{'' if 'skipped' not in c else ' (' + c['skipped'] + ')'}; registration "
           f"corner error {g.get('corner_error_px', float('nan')):.2f} px (unregistered {g.get('corner_error_unregistered_px', float('nan')):.2f}); "
           f"prior DINO loss {p.get('dino_loss_first', float('nan')):.3f} -> {p.get('dino_loss_last', float('nan')):.3f} "
           f"(uniform {p.get('uniform_loss', float('nan')):.3f}); held-out training films: {e.get('n_heldout', 0)}")

@@ -10,7 +10,8 @@ from safetensors.torch import save_file
 
 from diffvqa.core import DiffVQAError, PretrainConfig, get_preset
 from diffvqa.model import ChangeEncoder, DiffVQA
-from diffvqa.pretrain import FilmLabels, change_pairs, change_targets, pretrain_change
+from diffvqa.pretrain import CHANGE_TARGETS, FilmLabels, change_pairs, change_targets, pretrain_change
+from diffvqa.templates import CHANGE_KINDS, FINDINGS
 from diffvqa.tokenizer import train_bpe_tokenizer
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
@@ -19,9 +20,16 @@ torch.set_num_threads(2)
 
 def test_change_targets_by_hand():
     findings = np.array([[1, 0], [0, 1], [1, 1]], np.float32)
-    t = change_targets(findings, np.array([[0, 1], [2, 0], [1, 2]]))
-    # columns: appeared f0, appeared f1, resolved f0, resolved f1
-    assert t.tolist() == [[1, 0, 0, 1], [0, 1, 0, 0], [0, 0, 1, 0]]
+    pairs = np.array([[0, 1], [2, 0], [1, 2]])
+    t = change_targets(findings, pairs)  # presence only: appeared then resolved, every level block empty
+    assert t.shape == (3, len(CHANGE_TARGETS) * 2)
+    assert t[:, :4].tolist() == [[1, 0, 0, 1], [0, 1, 0, 0], [0, 0, 1, 0]] and t[:, 4:].sum() == 0
+    levels = np.array([[2, 0], [0, 1], [1, 3]])  # severity ranks of the same films (0 absent)
+    t = change_targets(findings, pairs, levels).reshape(3, len(CHANGE_TARGETS), 2)
+    # blocks: appeared, resolved, worsened, improved, main ≥ 2, main ≥ 3, reference ≥ 2, reference ≥ 3
+    assert t[0].tolist() == [[1, 0], [0, 1], [0, 0], [0, 0], [1, 0], [0, 0], [0, 0], [0, 0]]
+    assert t[1].tolist() == [[0, 1], [0, 0], [0, 0], [1, 0], [0, 1], [0, 1], [1, 0], [0, 0]]
+    assert t[2].tolist() == [[0, 0], [1, 0], [0, 0], [0, 1], [0, 0], [0, 0], [0, 1], [0, 1]]
 
 
 def test_change_pairs_are_ordered_and_within_one_subject():
@@ -109,4 +117,35 @@ def test_change_cnn_needs_the_answer_fusion(tok):
     cfg = get_preset('tiny').model
     cfg.fusion_rank = 0
     with pytest.raises(DiffVQAError, match='change_width: the change CNN feeds the answer fusion'):
+        DiffVQA.from_preset(cfg, tokenizer=tok)
+
+
+def test_change_tokens_by_hand(tok):
+    "One prefix token per finding, P(kind) × (kind word + finding name) in the decoder's own word embeddings, between the question and <ans>."
+    torch.manual_seed(0)
+    cfg = get_preset('tiny').model
+    assert cfg.change_tokens and not get_preset('paper').model.change_tokens
+    m = DiffVQA.from_preset(cfg, tokenizer=tok).eval()
+    Fn, i = len(FINDINGS), FINDINGS.index('pleural effusion')
+    logits = torch.full((2, len(CHANGE_KINDS) * Fn), -1e4)   # every probability 0 ...
+    logits[0, i] = 1e4                                       # ... but pair 0: effusion added (probability 1)
+    logits[1, 2 * Fn + i] = 0.                               # pair 1: effusion's level changed (probability 1/2)
+    t = m.change_tokens(logits)
+    wte = m.decoder.get_input_embeddings().weight
+    emb = lambda w: wte[tok(f' {w}', add_special_tokens=False)['input_ids']].mean(0)
+    assert t.shape == (2, Fn, m.decoder.config.n_embd)
+    torch.testing.assert_close(t[0, i], emb('additional') + emb('pleural effusion'))
+    torch.testing.assert_close(t[1, i], 0.5 * (emb('level') + emb('pleural effusion')))
+    assert t[:, [j for j in range(Fn) if j != i]].abs().max() == 0
+    main = torch.rand(2, 1, 128, 128, generator=torch.Generator().manual_seed(0))
+    q = tok(['what has changed compared to the reference image?'] * 2, return_tensors='pt')
+    pre = m.encode(main, main.flip(0), q['input_ids'], q['attention_mask'])
+    assert pre.question.shape[1] == q['input_ids'].shape[1] + Fn + 2 and pre.attn.shape[1] == pre.image.shape[1] + pre.question.shape[1]
+    torch.testing.assert_close(pre.question[:, -1 - Fn:-1], m.change_tokens(pre.change_logits))
+
+
+def test_change_tokens_need_the_answer_fusion(tok):
+    cfg = get_preset('tiny').model
+    cfg.fusion_rank, cfg.change_width = 0, 0
+    with pytest.raises(DiffVQAError, match='change_tokens: the tokens read the answer fusion'):
         DiffVQA.from_preset(cfg, tokenizer=tok)
