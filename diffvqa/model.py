@@ -529,7 +529,7 @@ def prefix(self: DiffVQA,
     return Prefix(image=image, question=question, attn=attn, pair_index=index, parts=parts | dict(pair_index=index),
                   answer_bias=bias, change_logits=change)
 
-# %% ../nbs/api/15_model.ipynb #86913d91
+# %% ../nbs/api/15_model.ipynb #2f131377
 @patch_to(DiffVQA)
 def change_tokens(self: DiffVQA,
                   logits: Tensor, # [B,3F] the answer fusion's change scores (`change_head`)
