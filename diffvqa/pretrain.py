@@ -364,10 +364,12 @@ def change_targets(findings: np.ndarray, # [n_films, F] 0/1 per-film findings (`
     blocks = [(a > 0) & (b == 0), (b > 0) & (a == 0), both & (a > b), both & (a < b), a >= 2, a >= 3, b >= 2, b >= 3]
     return torch.from_numpy(np.concatenate(blocks, 1).astype(np.float32))
 
-def _pair_films(cache: PairCache, rows: np.ndarray, pairs: np.ndarray) -> tuple[Tensor, Tensor]:
-    "The (main, reference) films of the given pairs: two [n,1,S,S] tensors in [0,1]."
+def _pair_films(cache: PairCache, rows: np.ndarray, pairs: np.ndarray, registration: nn.Module | None = None) -> tuple[Tensor, Tensor]:
+    "The (main, reference) films of the given pairs: two [n,1,S,S] tensors in [0,1], the main film warped onto the reference by `registration` when given."
     x = load_films(cache, rows[pairs.reshape(-1)])
-    return x[0::2], x[1::2]
+    main, ref = x[0::2], x[1::2]
+    if registration is None: return main, ref
+    with torch.no_grad(): return registration(main, ref).registered, ref
 
 # %% ../nbs/api/22_pretrain.ipynb #7423962f
 def pretrain_change(cache: PairCache, # the prepared cache
@@ -378,6 +380,7 @@ def pretrain_change(cache: PairCache, # the prepared cache
                     mcfg: ModelConfig, # change_width
                     cfg: PretrainConfig, # epochs_change, bs, lr
                     progress: bool = True, # a progress bar
+                    registration: nn.Module | None = None, # aligns each pair first, as the model does (`pretrain_registration`'s CNN; None: unregistered)
                    ) -> tuple[ChangeEncoder | None, dict]:
     "Train the change CNN (with a linear head, then dropped) on `change_targets` of same-subject film pairs (what appeared, resolved, worsened, improved; each film's severity); None when the model has none."
     Fn = len(labels.vocabulary)
@@ -391,13 +394,13 @@ def pretrain_change(cache: PairCache, # the prepared cache
     opt, sched = _optimizer(list(net.parameters()) + list(head.parameters()), cfg, cfg.lr, cfg.epochs_change * max(1, len(P) // cfg.bs))
     net.train()
     for ep, step, total, b in _epochs(np.arange(len(P)), cfg.bs, cfg.epochs_change, cfg.seed + 4, 'pretrain: change CNN', progress):
-        loss = F.binary_cross_entropy_with_logits(head(net(*_pair_films(cache, rows, P[b]))), T[b])
+        loss = F.binary_cross_entropy_with_logits(head(net(*_pair_films(cache, rows, P[b], registration))), T[b])
         opt.zero_grad(); loss.backward(); opt.step(); sched.step()
     net.eval()
-    report: dict[str, Any] = dict(train_loss=float(loss.detach()), n_pairs=int(len(P)))
+    report: dict[str, Any] = dict(train_loss=float(loss.detach()), n_pairs=int(len(P)), registered=registration is not None)
     H = change_pairs(films, held)
     if len(H):
-        with torch.no_grad(): p = torch.cat([torch.sigmoid(head(net(*_pair_films(cache, rows, H[i:i + 64])))) for i in range(0, len(H), 64)]).numpy()
+        with torch.no_grad(): p = torch.cat([torch.sigmoid(head(net(*_pair_films(cache, rows, H[i:i + 64], registration)))) for i in range(0, len(H), 64)]).numpy()
         t = change_targets(labels.findings, H, labels.levels).numpy()
         each = {f'{k} {n}': auroc(p[:, j * Fn + i], t[:, j * Fn + i]) for j, k in enumerate(CHANGE_TARGETS[:4]) for i, n in enumerate(labels.vocabulary)}
         def mean(kinds: tuple[str, ...]) -> float:
@@ -567,7 +570,7 @@ def pretrain(data: str | Path, # a prepared cache (`diffvqa prepare`)
              model_config: ModelConfig | None = None, # instead of the preset's model
              progress: bool = True, # progress bars
             ) -> PretrainResult:
-    "Train φ, the mask head, the change CNN, the registration CNN and the DINO prior on the training split's films; write them for `apply_pretrained`."
+    "Train φ, the mask head, the registration CNN, the change CNN (on pairs that registration aligns) and the DINO prior on the training split's films; write them for `apply_pretrained`."
     cfg, cache = config or PretrainConfig(), PairCache(data)
     mcfg = copy.deepcopy(model_config) if model_config is not None else get_preset(preset).model
     if cache.size != mcfg.image_size:
@@ -583,8 +586,8 @@ def pretrain(data: str | Path, # a prepared cache (`diffvqa prepare`)
     secs, t = {}, time.time()
     enc, heads, rep_e = pretrain_encoder(cache, films, labels, fit, held, mcfg, cfg, progress); secs['image_encoder'] = time.time() - t; t = time.time()
     mask, rep_m = pretrain_mask(cache, films, labels, fit, held, enc, mcfg, cfg, progress); secs['mask'] = time.time() - t; t = time.time()
-    change, rep_c = pretrain_change(cache, films, labels, fit, held, mcfg, cfg, progress); secs['change'] = time.time() - t; t = time.time()
     reg, rep_r = pretrain_registration(cache, films, fit, held, mcfg, cfg, progress); secs['registration'] = time.time() - t; t = time.time()
+    change, rep_c = pretrain_change(cache, films, labels, fit, held, mcfg, cfg, progress, reg); secs['change'] = time.time() - t; t = time.time()
     prior, rep_p = pretrain_prior(cache, films, labels, fit, mcfg, cfg, progress); secs['prior'] = time.time() - t
     report = dict(image_encoder=rep_e, mask=rep_m, change=rep_c, registration=rep_r, prior=rep_p)
     with atomic_dir(out) as tmp:

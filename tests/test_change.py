@@ -149,3 +149,20 @@ def test_change_tokens_need_the_answer_fusion(tok):
     cfg.fusion_rank, cfg.change_width = 0, 0
     with pytest.raises(DiffVQAError, match='change_tokens: the tokens read the answer fusion'):
         DiffVQA.from_preset(cfg, tokenizer=tok)
+
+
+def test_pair_films_are_registered_when_a_registration_is_given():
+    "The change CNN's pretraining pairs go through the registration as inside the model: main warped, reference untouched."
+    import torch
+    from diffvqa.pretrain import _pair_films, load_films
+    from diffvqa.registration import RegistrationOutput
+
+    class Roll(torch.nn.Module):
+        def forward(self, main, ref): return RegistrationOutput(registered=torch.roll(main, 5, -1), theta=torch.eye(2, 3).expand(len(main), 2, 3))
+
+    x, _, _ = _subject_films(2)
+    cache, rows, pairs = SimpleNamespace(array=x, size=64), np.arange(len(x)), np.array([[1, 0], [3, 2]])
+    main, ref = _pair_films(cache, rows, pairs)
+    rmain, rref = _pair_films(cache, rows, pairs, Roll())
+    assert torch.equal(main, load_films(cache, np.array([1, 3]))) and torch.equal(ref, load_films(cache, np.array([0, 2])))
+    assert torch.equal(rmain, torch.roll(main, 5, -1)) and torch.equal(rref, ref)
