@@ -30,7 +30,10 @@ os.environ.setdefault('MPLBACKEND', 'Agg')
 import numpy as np
 import torch
 
-from diffvqa.core import PretrainConfig
+from diffvqa.core import PretrainConfig, quiet_import_warnings
+
+quiet_import_warnings()  # before the imports that pull in timm and fastai
+
 from diffvqa.data import prepare
 from diffvqa.metrics import learning_summary
 from diffvqa.evaluate import evaluate_run
