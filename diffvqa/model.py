@@ -28,10 +28,10 @@ from .templates import CHANGE_KINDS, FINDINGS
 from .tokenizer import ANS_TOKEN, EOS_TOKEN, IMG_TOKEN, QTN_TOKEN, add_special_tokens, check_tokenizer, load_tokenizer
 
 # %% auto #0
-__all__ = ['CHANGE_WORDS', 'COMPONENTS', 'ImageEncoder', 'Projector', 'TextEncoder', 'AnswerFusion', 'mlp_head', 'ChangeEncoder',
-           'build_decoder', 'build_registration', 'load_weights', 'placeholder_tokenizer', 'shared_tensor_keys',
-           'pair_groups', 'DiffVQAOutput', 'GenerationOutput', 'Prefix', 'DiffVQA', 'model_dir', 'count_parameters',
-           'parameter_table']
+__all__ = ['CHANGE_READOUT', 'CHANGE_WORDS', 'COMPONENTS', 'ImageEncoder', 'Projector', 'TextEncoder', 'AnswerFusion', 'mlp_head',
+           'ChangeEncoder', 'build_decoder', 'build_registration', 'load_weights', 'placeholder_tokenizer',
+           'shared_tensor_keys', 'pair_groups', 'DiffVQAOutput', 'GenerationOutput', 'Prefix', 'DiffVQA', 'model_dir',
+           'count_parameters', 'parameter_table']
 
 # %% ../nbs/api/15_model.ipynb #6a61273f
 class ImageEncoder(nn.Module):
@@ -168,6 +168,8 @@ def _conv_block(i: int, o: int, convs: int = 2) -> nn.Sequential:
     for _ in range(convs - 1): layers += [nn.Conv2d(o, o, 3, 1, 1), nn.BatchNorm2d(o), nn.ReLU()]
     return nn.Sequential(*layers)
 
+CHANGE_READOUT: tuple[str, ...] = ('appeared', 'resolved', 'worsened', 'improved')  # the change CNN's own readout, one block of F columns (FINDINGS order) each
+
 class ChangeEncoder(nn.Module):
     "Early fusion of a pair: a CNN over [registered main, reference, their difference], each film standardised → [B, width] (tiny only)."
     def __init__(self,
@@ -177,6 +179,7 @@ class ChangeEncoder(nn.Module):
         w = [16, 32, 64, 128, width]
         convs = [1, 1, 2, 2, 2]  # one convolution at the two finest scales (a quarter of the cost of 32-64-96 widths with two each; held-out AUROC 0.72 both)
         self.net = nn.Sequential(*(_conv_block(i, o, k) for i, o, k in zip([3, *w[:-1]], w, convs)), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(width, len(CHANGE_READOUT) * len(FINDINGS))  # what appeared / resolved / worsened / improved, as pretrained with the CNN
         self.width = width
 
     def forward(self,
@@ -186,6 +189,13 @@ class ChangeEncoder(nn.Module):
         s = lambda x: (x - x.mean((2, 3), keepdim=True)) / x.std((2, 3), keepdim=True).clamp(min=1e-3)
         a, b = s(main.float()), s(ref.float())
         return self.net(torch.cat([a, b, a - b], 1)).to(main.dtype)
+
+    def kind_logits(self,
+                    features: Tensor, # [B, width] from `forward`
+                   ) -> Tensor: # [B,3F] in CHANGE_KINDS order
+        "The readout's logits as the answer's change kinds: added = appeared, removed = resolved, level = max(worsened, improved)."
+        a, r, w, i = self.head(features).unflatten(1, (len(CHANGE_READOUT), -1)).unbind(1)
+        return torch.cat([a, r, torch.maximum(w, i)], 1)
 
 # %% ../nbs/api/15_model.ipynb #eed9c06f
 def build_decoder(cfg: ModelConfig, # uses decoder, decoder_kwargs
@@ -290,6 +300,7 @@ class DiffVQAOutput:
     has_ref: Tensor      # [P] False where the pair had no reference (single-visit input)
     grid: tuple[int, int] # (h, w) token grid of φ
     change: Tensor | None = None # [P,W] the change CNN's features of each pair, W = change_width (None without one)
+    change_kinds: Tensor | None = None # [P,3F] the change CNN's own readout as added / removed / level logits (None without one)
 
 @dataclass
 class GenerationOutput:
@@ -356,6 +367,8 @@ class DiffVQA(nn.Module):
         self.fusion = AnswerFusion(D, config.fusion_rank, config.change_width) if config.fusion_rank else None
         self.change_head = nn.Linear(D, len(CHANGE_KINDS) * len(FINDINGS)) if config.fusion_rank else None
         self.change = ChangeEncoder(config.change_width) if config.change_width else None  # early fusion of the pair (tiny)
+        if self.change is not None and self.change_head is not None:  # change_head learns a correction to the CNN's readout, starting at none
+            nn.init.zeros_(self.change_head.weight); nn.init.zeros_(self.change_head.bias)
         if self.change is not None and pre and config.change_weights:
             load_weights(self.change, config.change_weights, 'change_weights'); self.change.requires_grad_(False)  # kept as pretrained
         if config.change_tokens and not config.fusion_rank: raise DiffVQAError('change_tokens: the tokens read the answer fusion (fusion_rank)')
@@ -364,6 +377,11 @@ class DiffVQA(nn.Module):
         self.register_buffer('change_words', torch.tensor([w + [0] * (n - len(w)) for w in words]), persistent=False)  # [F+3, n] token ids
         self.register_buffer('change_words_mask', torch.tensor([[1.] * len(w) + [0.] * (n - len(w)) for w in words]), persistent=False)
         self.n_change_tokens = len(FINDINGS) if config.change_tokens else 0
+        if config.change_copy and not config.fusion_rank: raise DiffVQAError('change_copy: the pointer reads the answer fusion (fusion_rank)')
+        self.copy_gate = nn.Linear(D, len(CHANGE_KINDS)) if config.change_copy else None  # when to copy, and from which kind's scores
+        if self.copy_gate is not None: nn.init.zeros_(self.copy_gate.weight); nn.init.constant_(self.copy_gate.bias, -2.0)
+        first = [tokenizer(f' {w}', add_special_tokens=False)['input_ids'][0] for w in FINDINGS] if config.change_copy else [0]
+        self.register_buffer('copy_ids', torch.tensor(first), persistent=False)  # [F] first token of each finding's name
         self.n_image = N + int(config.image_summary)  # decoder tokens per film
         self.no_prior = nn.Parameter(torch.randn(1, self.n_image, D) * 0.02)  # reference tokens of a single-visit question
         ids = tokenizer.convert_tokens_to_ids([IMG_TOKEN, QTN_TOKEN, ANS_TOKEN])
@@ -462,8 +480,9 @@ def encode_images(self: DiffVQA,
         with torch.no_grad(): target = self.teacher(torch.cat([registered, ref]))[0].chunk(2)
     else: target = (f_main.detach(), f_ref.detach())
     change = None if self.change is None else torch.where(has_ref.view(-1, 1), self.change(registered, ref), 0.0)  # [P,width]; 0 without a reference
+    kinds = None if change is None else torch.where(has_ref.view(-1, 1), self.change.kind_logits(change), 0.0)  # [P,3F] the CNN's own readout
     g = lambda part, k: None if part is None else getattr(part, k)
-    return dict(theta=theta, change=change, registered=registered, ref=ref, U=g(pri, 'U'), A_main=g(pri, 'A_main'), A_ref=g(pri, 'A_ref'),
+    return dict(theta=theta, change=change, change_kinds=kinds, registered=registered, ref=ref, U=g(pri, 'U'), A_main=g(pri, 'A_main'), A_ref=g(pri, 'A_ref'),
                 F=g(mk, 'F'), M=M, M_tokens=to_token_grid(M, grid), m_main=g(mk, 'm_main'), m_ref=g(mk, 'm_ref'), f_main=f_main, f_ref=f_ref,
                 f_mask_main=f_mask_main, f_mask_ref=f_mask_ref, f_main_target=target[0], f_ref_target=target[1],
                 has_ref=has_ref, grid=grid)
@@ -522,6 +541,7 @@ def prefix(self: DiffVQA,
         bias = self.fusion(img_main[:, 0][index], img_ref[:, 0][index], (text * m).sum(1) / m.sum(1).clamp(min=1), c).to(text.dtype)
     ans = s_ans.expand(B, -1) if bias is None else s_ans + bias
     change = None if bias is None else self.change_head(bias)
+    if change is not None and parts.get('change_kinds') is not None: change = change + parts['change_kinds'][index]  # the change CNN's readout, corrected by the fusion
     words = self.change_tokens(change) if self.n_change_tokens else text[:, :0]
     question = torch.cat([s_qtn.expand(B, 1, -1), text, words.to(text.dtype), ans[:, None]], dim=1)
     attn = torch.cat([torch.ones(B, 2 * N + 3, dtype=torch.long, device=dev), question_mask.long(),
@@ -534,12 +554,27 @@ def prefix(self: DiffVQA,
 def change_tokens(self: DiffVQA,
                   logits: Tensor, # [B,3F] the answer fusion's change scores (`change_head`)
                  ) -> Tensor: # [B,F,D]
-    "One token per finding: Σ over change kinds of P(kind) × (kind word + finding name), in the decoder's own word embeddings (tiny's copy path)."
+    "One token per finding: Σ over change kinds of P(kind) / max P × (kind word + finding name), in the decoder's own word embeddings (tiny)."
     wte, m = self.decoder.get_input_embeddings(), self.change_words_mask
     e = (wte(self.change_words) * m[..., None]).sum(1) / m.sum(1, keepdim=True)  # [F+3,D] mean embedding of each word
     Fn = len(FINDINGS)
     words = e[Fn:, None] + e[None, :Fn]  # [3,F,D]: 'additional' / 'missing' / 'level' + the name
-    return (torch.sigmoid(logits.float()).to(e.dtype).view(-1, len(CHANGE_KINDS), Fn, 1) * words).sum(1)
+    p = torch.sigmoid(logits.float())
+    p = p / p.amax(1, keepdim=True).clamp(min=1e-6)  # relative to the question's most likely change: its token is a whole word
+    return (p.to(e.dtype).view(-1, len(CHANGE_KINDS), Fn, 1) * words).sum(1)
+
+# %% ../nbs/api/15_model.ipynb #8fc62259
+@patch_to(DiffVQA)
+def copy_logits(self: DiffVQA,
+                hidden: Tensor, # [B,T,D] the decoder's last hidden states at the answer steps
+                scores: Tensor, # [B,3F] change scores ℓ (`Prefix.change_logits`)
+               ) -> Tensor: # [B,T,V] added to the decoder's logits
+    "The change pointer: Σ_k softplus(W h_t + b)_k · log σ(ℓ_{k,f}) on the first token of each finding's name (the larger where names share one)."
+    g = F.softplus(self.copy_gate(hidden.float()))  # [B,T,3] how much each kind's scores count at this step
+    logp = F.logsigmoid(scores.float()).view(scores.shape[0], len(CHANGE_KINDS), -1)  # [B,3,F]
+    bias = torch.einsum('btk,bkf->btf', g, logp)  # [B,T,F]
+    out = hidden.new_zeros(*hidden.shape[:2], self.decoder.config.vocab_size, dtype=torch.float)
+    return out.scatter_reduce(2, self.copy_ids.expand_as(bias), bias, 'amax', include_self=False)
 
 # %% ../nbs/api/15_model.ipynb #d35bf44d
 @patch_to(DiffVQA)
@@ -575,10 +610,17 @@ def answer_logits(self: DiffVQA,
 
 # %% ../nbs/api/15_model.ipynb #e558ea8f
 @patch_to(DiffVQA)
-def _decode(self: DiffVQA, cache=None, **kw) -> tuple[Tensor, object]:
-    "One decoder call that keeps the key/value cache: its logits and the updated cache."
-    out = self.decoder(use_cache=True, **{self._cache_kw: cache}, **kw)
-    return out.logits, getattr(out, self._cache_kw)
+def _decode(self: DiffVQA,
+            cache=None, # the decoder's key/value cache (None: start one)
+            scores: Tensor | None = None, # [B,3F] change scores for the pointer (`Prefix.change_logits`; None or no `copy_gate`: no pointer)
+            **kw, # the decoder's own arguments (inputs_embeds, attention_mask, position_ids, logits_to_keep)
+           ) -> tuple[Tensor, object]:
+    "One decoder call that keeps the key/value cache: its logits [B,T,V] (plus the change pointer, `copy_logits`) and the updated cache."
+    point = scores is not None and self.copy_gate is not None
+    out = self.decoder(use_cache=True, output_hidden_states=point, **{self._cache_kw: cache}, **kw)
+    logits = out.logits
+    if point: logits = logits + self.copy_logits(out.hidden_states[-1][:, -logits.shape[1]:], scores).to(logits.dtype)
+    return logits, getattr(out, self._cache_kw)
 
 @patch_to(DiffVQA)
 def _answer_embeds(self: DiffVQA, pre: Prefix, ids: Tensor) -> Tensor:
@@ -601,7 +643,7 @@ def _read(self: DiffVQA,
     attn = pre.attn if extra_mask is None else torch.cat([pre.attn, extra_mask.long()], dim=1)
     attn = torch.cat([attn, torch.ones(attn.shape[0], n_img + embeds.shape[1] - attn.shape[1], dtype=attn.dtype, device=attn.device)], 1)
     pos = (attn.cumsum(1) - 1).clamp(min=0)[:, n_img:]
-    logits, cache = self._decode(cache, inputs_embeds=embeds, attention_mask=attn, position_ids=pos, logits_to_keep=keep)
+    logits, cache = self._decode(cache, pre.change_logits, inputs_embeds=embeds, attention_mask=attn, position_ids=pos, logits_to_keep=keep)
     return logits, (cache, attn, pos[:, -1])
 
 @patch_to(DiffVQA)
@@ -622,7 +664,8 @@ def _greedy(self: DiffVQA, pre: Prefix, steps: int) -> tuple[Tensor, Tensor]:
         if bool(done.all()) or step == steps - 1: break
         attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
         pos = pos + 1
-        logits, past = self._decode(past, inputs_embeds=self._answer_embeds(pre, tok[:, None]), attention_mask=attn, position_ids=pos[:, None])
+        logits, past = self._decode(past, pre.change_logits, inputs_embeds=self._answer_embeds(pre, tok[:, None]), attention_mask=attn,
+                                    position_ids=pos[:, None])
         logits = logits[:, -1].float()
     return torch.stack(tokens, dim=1), score
 
@@ -631,7 +674,8 @@ def _beam_search(self: DiffVQA, pre: Prefix, steps: int, beams: int, length_pena
     logits, (past, attn, pos) = self._read(pre, pre.question)
     B, K = logits.shape[0], beams
     past.batch_repeat_interleave(K)
-    beam_pre = dataclasses.replace(pre, answer_bias=None if pre.answer_bias is None else pre.answer_bias.repeat_interleave(K, dim=0))
+    rep = lambda x: None if x is None else x.repeat_interleave(K, dim=0)
+    beam_pre = dataclasses.replace(pre, answer_bias=rep(pre.answer_bias), change_logits=rep(pre.change_logits))
     logp = logits[:, -1].float().log_softmax(-1).repeat_interleave(K, dim=0)  # [B*K,V]
     V, dev = logp.shape[-1], logp.device
     attn, pos = attn.repeat_interleave(K, dim=0), pos.repeat_interleave(K)
@@ -654,7 +698,8 @@ def _beam_search(self: DiffVQA, pre: Prefix, steps: int, beams: int, length_pena
         past.reorder_cache(src)
         attn = torch.cat([attn[src], torch.ones_like(attn[:, :1])], dim=1)
         pos = pos[src] + 1
-        logits, past = self._decode(past, inputs_embeds=self._answer_embeds(beam_pre, tok[:, None]), attention_mask=attn, position_ids=pos[:, None])
+        logits, past = self._decode(past, beam_pre.change_logits, inputs_embeds=self._answer_embeds(beam_pre, tok[:, None]), attention_mask=attn,
+                                    position_ids=pos[:, None])
         logp = logits[:, -1].float().log_softmax(-1)
     norm = scores / length.view(B, K).clamp(min=1) ** length_penalty
     best = norm.argmax(-1)
@@ -744,7 +789,8 @@ def from_run(cls,
     return model.eval()
 
 # %% ../nbs/api/15_model.ipynb #2b9e5fcc
-COMPONENTS = ('registration', 'prior', 'image_encoder', 'mask', 'projector', 'text_encoder', 'fusion', 'change', 'change_head', 'decoder', 'pred_head')
+COMPONENTS = ('registration', 'prior', 'image_encoder', 'mask', 'projector', 'text_encoder', 'fusion', 'change', 'change_head', 'copy_gate', 'decoder',
+              'pred_head')
 
 def count_parameters(model: DiffVQA) -> dict[str, tuple[int, int]]:
     "Per component (total, trainable) parameter counts; shared tensors counted once (the no-prior tokens count with the projector)."

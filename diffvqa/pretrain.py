@@ -30,7 +30,7 @@ from .data import PairCache
 from .metrics import auroc
 from .groundtruth import box_grid, load_ground_truth, visit_findings
 from .mask import AdaptiveMask, difference_fusion
-from .model import ChangeEncoder, ImageEncoder, build_registration
+from .model import CHANGE_READOUT, ChangeEncoder, ImageEncoder, build_registration
 from .prior import DinoPrior
 from .registration import affine_from_params, corner_error, warp_affine
 from .lesions import CATALOGUE
@@ -40,9 +40,9 @@ from .templates import FINDINGS
 __all__ = ['CHEXPERT_LABELS', 'CHANGE_TARGETS', 'ARCH_FIELDS', 'PRETRAINED_FORMAT', 'training_films', 'holdout_mask',
            'FilmLabels', 'film_labels', 'random_thetas', 'photometric', 'GroundedHeads', 'grounded_loss', 'load_films',
            'box_masks', 'token_targets', 'pretrain_encoder', 'invert_theta', 'pretrain_registration', 'pretrain_mask',
-           'change_pairs', 'change_targets', 'pretrain_change', 'DinoHead', 'sinkhorn_knopp', 'random_crops',
-           'pretrain_prior', 'PretrainResult', 'films_hash', 'pretrain', 'apply_pretrained', 'pretrain_key',
-           'code_hash', 'cached_pretrain', 'add_pretrain_args', 'run_pretrain']
+           'change_pairs', 'change_targets', 'keep_readout', 'pretrain_change', 'DinoHead', 'sinkhorn_knopp',
+           'random_crops', 'pretrain_prior', 'PretrainResult', 'films_hash', 'pretrain', 'apply_pretrained',
+           'pretrain_key', 'code_hash', 'cached_pretrain', 'add_pretrain_args', 'run_pretrain']
 
 # %% ../nbs/api/22_pretrain.ipynb #034c4484
 def training_films(cache: PairCache, # a prepared cache
@@ -350,7 +350,7 @@ def change_pairs(films: pd.DataFrame, # from `training_films` (uses subject_id)
     out = [(a, b) for s in np.unique(sub[idx]) for a, b in itertools.permutations(idx[sub[idx] == s], 2)]
     return np.array(out, dtype=np.int64).reshape(-1, 2)
 
-CHANGE_TARGETS: tuple[str, ...] = ('appeared', 'resolved', 'worsened', 'improved',
+CHANGE_TARGETS: tuple[str, ...] = (*CHANGE_READOUT,
                                    'main level ≥ 2', 'main level ≥ 3', 'reference level ≥ 2', 'reference level ≥ 3')
 
 def change_targets(findings: np.ndarray, # [n_films, F] 0/1 per-film findings (`FilmLabels.findings`)
@@ -363,6 +363,21 @@ def change_targets(findings: np.ndarray, # [n_films, F] 0/1 per-film findings (`
     both = (a > 0) & (b > 0)
     blocks = [(a > 0) & (b == 0), (b > 0) & (a == 0), both & (a > b), both & (a < b), a >= 2, a >= 3, b >= 2, b >= 3]
     return torch.from_numpy(np.concatenate(blocks, 1).astype(np.float32))
+
+def keep_readout(net: ChangeEncoder, # its `head` is overwritten
+                 head: nn.Linear, # the pretraining head: [width] → len(CHANGE_TARGETS) blocks of len(vocabulary) logits
+                 vocabulary: list[str], # the findings of head's columns
+                ) -> ChangeEncoder:
+    "Copy the appeared / resolved / worsened / improved part of the pretraining head into the CNN's own readout, in FINDINGS order (zeros for findings the labels lack)."
+    Fn, Fa = len(vocabulary), len(FINDINGS)
+    with torch.no_grad():
+        net.head.weight.zero_(); net.head.bias.zero_()
+        for i, f in enumerate(vocabulary):
+            if f not in FINDINGS: continue
+            for j in range(len(CHANGE_READOUT)):
+                net.head.weight[j * Fa + FINDINGS.index(f)] = head.weight[j * Fn + i]
+                net.head.bias[j * Fa + FINDINGS.index(f)] = head.bias[j * Fn + i]
+    return net
 
 def _pair_films(cache: PairCache, rows: np.ndarray, pairs: np.ndarray, registration: nn.Module | None = None) -> tuple[Tensor, Tensor]:
     "The (main, reference) films of the given pairs: two [n,1,S,S] tensors in [0,1], the main film warped onto the reference by `registration` when given."
@@ -396,7 +411,7 @@ def pretrain_change(cache: PairCache, # the prepared cache
     for ep, step, total, b in _epochs(np.arange(len(P)), cfg.bs, cfg.epochs_change, cfg.seed + 4, 'pretrain: change CNN', progress):
         loss = F.binary_cross_entropy_with_logits(head(net(*_pair_films(cache, rows, P[b], registration))), T[b])
         opt.zero_grad(); loss.backward(); opt.step(); sched.step()
-    net.eval()
+    net.eval(); keep_readout(net, head, labels.vocabulary)
     report: dict[str, Any] = dict(train_loss=float(loss.detach()), n_pairs=int(len(P)), registered=registration is not None)
     H = change_pairs(films, held)
     if len(H):

@@ -1,4 +1,5 @@
 """The tiny preset's change CNN (early fusion of a pair): its pretraining targets, its pairs, a cue it can only read from the films, and how the model uses it."""
+import math
 import os
 from types import SimpleNamespace
 
@@ -9,8 +10,9 @@ import torch
 from safetensors.torch import save_file
 
 from diffvqa.core import DiffVQAError, PretrainConfig, get_preset
-from diffvqa.model import ChangeEncoder, DiffVQA
-from diffvqa.pretrain import CHANGE_TARGETS, FilmLabels, change_pairs, change_targets, pretrain_change
+from diffvqa.metrics import auroc
+from diffvqa.model import CHANGE_READOUT, ChangeEncoder, DiffVQA
+from diffvqa.pretrain import CHANGE_TARGETS, FilmLabels, _pair_films, change_pairs, change_targets, keep_readout, pretrain_change
 from diffvqa.templates import CHANGE_KINDS, FINDINGS
 from diffvqa.tokenizer import train_bpe_tokenizer
 
@@ -62,13 +64,52 @@ def test_change_cnn_learns_which_side_changed():
     x, Y, sub = _subject_films(96)
     cache = SimpleNamespace(array=x, size=64)
     films = pd.DataFrame(dict(row=np.arange(len(x)), subject_id=sub))
-    labels = FilmLabels(['left', 'right'], np.zeros(len(x), np.int64), Y, [[] for _ in x], 'ground_truth')
+    names = ['edema', 'pneumonia']  # finding 0 on the left, 1 on the right
+    labels = FilmLabels(names, np.zeros(len(x), np.int64), Y, [[] for _ in x], 'ground_truth')
     mcfg = get_preset('tiny').model
     mcfg.change_width = 32
     fit, held = np.flatnonzero(sub < 80), np.flatnonzero(sub >= 80)
     net, rep = pretrain_change(cache, films, labels, fit, held, mcfg, PretrainConfig(epochs_change=25, bs=16, lr=3e-3), progress=False)
     assert isinstance(net, ChangeEncoder) and rep['n_pairs'] == 160 and rep['n_heldout_pairs'] == 32
     assert min(rep['auroc'].values()) > 0.9 and rep['f1'] > 0.8, rep
+    H = change_pairs(films, held)   # the readout the CNN keeps gives the model the same answers, in FINDINGS columns
+    with torch.no_grad(): k = net.kind_logits(net(*_pair_films(cache, films.row.to_numpy(), H))).view(len(H), len(CHANGE_KINDS), len(FINDINGS))
+    t = change_targets(Y, H)
+    for j, name in enumerate(names):
+        assert auroc(k[:, 0, FINDINGS.index(name)].numpy(), t[:, j].numpy()) > 0.9            # added = appeared
+        assert auroc(k[:, 1, FINDINGS.index(name)].numpy(), t[:, len(names) + j].numpy()) > 0.9  # removed = resolved
+
+
+def test_keep_readout_by_hand():
+    "The appeared / resolved / worsened / improved blocks of the pretraining head land in FINDINGS columns; other columns are zero; level = max(worsened, improved)."
+    vocab = ['pneumonia', 'not a finding', 'edema']
+    head = torch.nn.Linear(2, len(CHANGE_TARGETS) * 3)
+    with torch.no_grad(): head.weight.copy_(torch.arange(head.weight.numel(), dtype=torch.float32).view_as(head.weight)); head.bias.copy_(-torch.arange(len(head.bias), dtype=torch.float32))
+    net = keep_readout(ChangeEncoder(2), head, vocab)
+    Fa, e, p = len(FINDINGS), FINDINGS.index('edema'), FINDINGS.index('pneumonia')
+    for j in range(len(CHANGE_READOUT)):
+        assert torch.equal(net.head.weight[j * Fa + p], head.weight[j * 3 + 0]) and net.head.bias[j * Fa + e] == head.bias[j * 3 + 2]
+    rest = [r for r in range(len(CHANGE_READOUT) * Fa) if r % Fa not in (e, p)]
+    assert net.head.weight[rest].abs().max() == 0 and net.head.bias[rest].abs().max() == 0
+    x = torch.tensor([[1., -2.]])
+    y = lambda r: float(head.weight[r] @ x[0] + head.bias[r])     # a pretraining-head logit by hand
+    k = net.kind_logits(x).view(len(CHANGE_KINDS), Fa)
+    assert k[0, e].item() == pytest.approx(y(2)) and k[1, p].item() == pytest.approx(y(3 + 0))
+    assert k[2, e].item() == pytest.approx(max(y(6 + 2), y(9 + 2))) and k[:, [r for r in range(Fa) if r not in (e, p)]].abs().max() == 0
+
+
+def test_change_logits_start_from_the_cnn_readout(tok):
+    "The model's change scores are the change CNN's readout plus the fusion's correction, which starts at zero; none without a reference."
+    torch.manual_seed(0)
+    m = DiffVQA.from_preset('tiny', tokenizer=tok).eval()
+    torch.nn.init.normal_(m.change.head.weight)
+    g = torch.Generator().manual_seed(0)
+    main, ref = torch.rand(2, 1, 128, 128, generator=g), torch.rand(2, 1, 128, 128, generator=g)
+    q = tok(['what has changed compared to the reference image?'] * 2, return_tensors='pt')
+    pre = m.encode(main, ref, q['input_ids'], q['attention_mask'], has_ref=torch.tensor([True, False]))
+    with torch.no_grad(): want = m.change.kind_logits(m.change(m.registration(main[:1], ref[:1]).registered, ref[:1]))
+    torch.testing.assert_close(pre.change_logits[:1], want)
+    assert pre.change_logits[1].abs().max() == 0 and pre.change_logits[0].abs().max() > 0
 
 
 def test_no_change_cnn_no_pretraining():
@@ -121,7 +162,7 @@ def test_change_cnn_needs_the_answer_fusion(tok):
 
 
 def test_change_tokens_by_hand(tok):
-    "One prefix token per finding, P(kind) × (kind word + finding name) in the decoder's own word embeddings, between the question and <ans>."
+    "One prefix token per finding, P(kind) / max P × (kind word + finding name) in the decoder's own word embeddings, between the question and <ans>."
     torch.manual_seed(0)
     cfg = get_preset('tiny').model
     assert cfg.change_tokens and not get_preset('paper').model.change_tokens
@@ -129,14 +170,17 @@ def test_change_tokens_by_hand(tok):
     Fn, i = len(FINDINGS), FINDINGS.index('pleural effusion')
     logits = torch.full((2, len(CHANGE_KINDS) * Fn), -1e4)   # every probability 0 ...
     logits[0, i] = 1e4                                       # ... but pair 0: effusion added (probability 1)
-    logits[1, 2 * Fn + i] = 0.                               # pair 1: effusion's level changed (probability 1/2)
+    logits[1, 2 * Fn + i] = 0.                               # pair 1: effusion's level changed (probability 1/2, the pair's largest)
+    j = FINDINGS.index('pneumonia')
+    logits[1, Fn + j] = math.log(1 / 3)                      # ... and pneumonia missing (probability 1/4: half the largest)
     t = m.change_tokens(logits)
     wte = m.decoder.get_input_embeddings().weight
     emb = lambda w: wte[tok(f' {w}', add_special_tokens=False)['input_ids']].mean(0)
     assert t.shape == (2, Fn, m.decoder.config.n_embd)
     torch.testing.assert_close(t[0, i], emb('additional') + emb('pleural effusion'))
-    torch.testing.assert_close(t[1, i], 0.5 * (emb('level') + emb('pleural effusion')))
-    assert t[:, [j for j in range(Fn) if j != i]].abs().max() == 0
+    torch.testing.assert_close(t[1, i], emb('level') + emb('pleural effusion'))
+    torch.testing.assert_close(t[1, j], 0.5 * (emb('missing') + emb('pneumonia')))
+    assert t[0, [k for k in range(Fn) if k != i]].abs().max() == 0 and t[1, [k for k in range(Fn) if k not in (i, j)]].abs().max() == 0
     main = torch.rand(2, 1, 128, 128, generator=torch.Generator().manual_seed(0))
     q = tok(['what has changed compared to the reference image?'] * 2, return_tensors='pt')
     pre = m.encode(main, main.flip(0), q['input_ids'], q['attention_mask'])

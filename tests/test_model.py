@@ -31,7 +31,9 @@ def tok():
 @pytest.fixture(scope='module')
 def model(tok):
     torch.manual_seed(0)
-    return DiffVQA.from_preset('tiny', tokenizer=tok).eval()
+    m = DiffVQA.from_preset('tiny', tokenizer=tok).eval()
+    torch.nn.init.normal_(m.copy_gate.weight, std=0.5)  # the change pointer's gate depends on the decoder state (it starts constant)
+    return m
 
 
 def make_batch(tok, questions, answers, S=128, seed=0):
@@ -211,7 +213,7 @@ def test_gradients_everywhere_but_prior(tok, batch):
     out = m(main, ref, qi, qm, ai, am)
     loss = F.cross_entropy(out.logits.flatten(0, 1), ai.flatten()) + (out.f_pred_main - out.f_main).pow(2).mean()
     loss.backward()
-    for name in ('registration', 'image_encoder', 'mask', 'projector', 'text_encoder', 'decoder', 'pred_head'):
+    for name in ('registration', 'image_encoder', 'mask', 'projector', 'text_encoder', 'decoder', 'pred_head', 'copy_gate'):
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in getattr(m, name).parameters()), name
     assert all(p.grad is None and not p.requires_grad for p in m.prior.parameters())
     assert not out.U.requires_grad
