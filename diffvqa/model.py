@@ -554,13 +554,12 @@ def prefix(self: DiffVQA,
 def change_tokens(self: DiffVQA,
                   logits: Tensor, # [B,3F] the answer fusion's change scores (`change_head`)
                  ) -> Tensor: # [B,F,D]
-    "One token per finding: Σ over change kinds of P(kind) / max P × (kind word + finding name), in the decoder's own word embeddings (tiny)."
+    "One token per finding: Σ over change kinds of P(kind) × (kind word + finding name), in the decoder's own word embeddings (tiny)."
     wte, m = self.decoder.get_input_embeddings(), self.change_words_mask
     e = (wte(self.change_words) * m[..., None]).sum(1) / m.sum(1, keepdim=True)  # [F+3,D] mean embedding of each word
     Fn = len(FINDINGS)
     words = e[Fn:, None] + e[None, :Fn]  # [3,F,D]: 'additional' / 'missing' / 'level' + the name
-    p = torch.sigmoid(logits.float())
-    p = p / p.amax(1, keepdim=True).clamp(min=1e-6)  # relative to the question's most likely change: its token is a whole word
+    p = torch.sigmoid(logits.float())  # the readout's probability of each (kind, finding)
     return (p.to(e.dtype).view(-1, len(CHANGE_KINDS), Fn, 1) * words).sum(1)
 
 # %% ../nbs/api/15_model.ipynb #8fc62259

@@ -162,7 +162,7 @@ def test_change_cnn_needs_the_answer_fusion(tok):
 
 
 def test_change_tokens_by_hand(tok):
-    "One prefix token per finding, P(kind) / max P × (kind word + finding name) in the decoder's own word embeddings, between the question and <ans>."
+    "One prefix token per finding, P(kind) × (kind word + finding name) in the decoder's own word embeddings, between the question and <ans>."
     torch.manual_seed(0)
     cfg = get_preset('tiny').model
     assert cfg.change_tokens and not get_preset('paper').model.change_tokens
@@ -170,16 +170,16 @@ def test_change_tokens_by_hand(tok):
     Fn, i = len(FINDINGS), FINDINGS.index('pleural effusion')
     logits = torch.full((2, len(CHANGE_KINDS) * Fn), -1e4)   # every probability 0 ...
     logits[0, i] = 1e4                                       # ... but pair 0: effusion added (probability 1)
-    logits[1, 2 * Fn + i] = 0.                               # pair 1: effusion's level changed (probability 1/2, the pair's largest)
+    logits[1, 2 * Fn + i] = 0.                               # pair 1: effusion's level changed (probability 1/2)
     j = FINDINGS.index('pneumonia')
-    logits[1, Fn + j] = math.log(1 / 3)                      # ... and pneumonia missing (probability 1/4: half the largest)
+    logits[1, Fn + j] = math.log(1 / 3)                      # ... and pneumonia missing (probability 1/4)
     t = m.change_tokens(logits)
     wte = m.decoder.get_input_embeddings().weight
     emb = lambda w: wte[tok(f' {w}', add_special_tokens=False)['input_ids']].mean(0)
     assert t.shape == (2, Fn, m.decoder.config.n_embd)
     torch.testing.assert_close(t[0, i], emb('additional') + emb('pleural effusion'))
-    torch.testing.assert_close(t[1, i], emb('level') + emb('pleural effusion'))
-    torch.testing.assert_close(t[1, j], 0.5 * (emb('missing') + emb('pneumonia')))
+    torch.testing.assert_close(t[1, i], 0.5 * (emb('level') + emb('pleural effusion')))
+    torch.testing.assert_close(t[1, j], 0.25 * (emb('missing') + emb('pneumonia')))
     assert t[0, [k for k in range(Fn) if k != i]].abs().max() == 0 and t[1, [k for k in range(Fn) if k not in (i, j)]].abs().max() == 0
     main = torch.rand(2, 1, 128, 128, generator=torch.Generator().manual_seed(0))
     q = tok(['what has changed compared to the reference image?'] * 2, return_tensors='pt')
