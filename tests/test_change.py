@@ -92,7 +92,7 @@ def test_keep_readout_by_hand():
     rest = [r for r in range(len(CHANGE_READOUT) * Fa) if r % Fa not in (e, p)]
     assert net.head.weight[rest].abs().max() == 0 and net.head.bias[rest].abs().max() == 0
     x = torch.tensor([[1., -2.]])
-    y = lambda r: float((head.weight[r] @ x[0] + head.bias[r]).detach())     # a pretraining-head logit by hand
+    y = lambda r: (head.weight[r] @ x[0] + head.bias[r]).item()     # a pretraining-head logit by hand
     k = net.kind_logits(x).view(len(CHANGE_KINDS), Fa)
     assert k[0, e].item() == pytest.approx(y(2)) and k[1, p].item() == pytest.approx(y(3 + 0))
     assert k[2, e].item() == pytest.approx(max(y(6 + 2), y(9 + 2))) and k[:, [r for r in range(Fa) if r not in (e, p)]].abs().max() == 0
