@@ -74,6 +74,9 @@ def table(results: list[dict]) -> str:
             ("difference finding F1, another pair's films", [r['difference_f1']['other'] for r in results]),
             ('difference finding F1, blank films', [r['difference_f1']['blank'] for r in results]),
             ('difference CIDEr, own films', [r['cider_difference'] for r in results])]
+    if 'difference_f1_decoder' in results[0]:  # tiny writes difference answers from the change readout: the decoder's own beside them
+        rows[3:3] = [("difference finding F1, the decoder's own answers, own films", [r['difference_f1_decoder']['own'] for r in results]),
+                     ("difference finding F1, the decoder's own answers, another pair's films", [r['difference_f1_decoder']['other'] for r in results])]
     for t in results[0]['closed_accuracy']:
         rows += [(f'{t} accuracy, own films', [r['closed_accuracy'][t]['own'] for r in results]),
                  (f"{t} accuracy, another pair's films", [r['closed_accuracy'][t]['other'] for r in results])]

@@ -27,11 +27,11 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['SALIENCY_VARIANT', 'PRESETS', 'DiffVQAError', 'patch_to', 'atomic_path', 'atomic_write', 'quiet_weight_loading',
-           'quiet_import_warnings', 'atomic_dir', 'write_metrics_csv', 'read_metrics_csv', 'ModelConfig', 'LossConfig',
-           'TrainConfig', 'PretrainConfig', 'ExperimentConfig', 'saliency_variant', 'get_preset', 'config_to_dict',
-           'config_to_json', 'config_from_json', 'add_config_args', 'config_overrides', 'apply_overrides',
-           'seed_everything', 'package_versions', 'git_commit', 'make_run_dir']
+__all__ = ['DIFFERENCE_WRITERS', 'SALIENCY_VARIANT', 'PRESETS', 'DiffVQAError', 'patch_to', 'atomic_path', 'atomic_write',
+           'quiet_weight_loading', 'quiet_import_warnings', 'atomic_dir', 'write_metrics_csv', 'read_metrics_csv',
+           'ModelConfig', 'LossConfig', 'TrainConfig', 'PretrainConfig', 'ExperimentConfig', 'saliency_variant',
+           'get_preset', 'config_to_dict', 'config_to_json', 'config_from_json', 'add_config_args', 'config_overrides',
+           'apply_overrides', 'seed_everything', 'package_versions', 'git_commit', 'make_run_dir']
 
 # %% ../nbs/api/00_core.ipynb #830513af
 class DiffVQAError(Exception):
@@ -135,6 +135,8 @@ def read_metrics_csv(path: str | Path, # RUN/metrics.csv (or the run folder)
     with open(path, newline='') as f: return [{k: num(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 # %% ../nbs/api/00_core.ipynb #5b57f41e
+DIFFERENCE_WRITERS: tuple[str, ...] = ('decoder', 'readout')  # who writes the difference answer (ModelConfig.difference_writer)
+
 @dataclass
 class ModelConfig:
     "Architecture of the attention-consistent model."
@@ -161,6 +163,8 @@ class ModelConfig:
     change_tokens: bool = False                              # the answer fusion's change readout as F prefix tokens (kind words + finding name, weighted by probability; tiny; not in the paper)
     change_copy: bool = False                                # a pointer from the change scores to the finding names' answer logits, gated per step by the decoder state (tiny; not in the paper)
     change_weights: str | None = None                        # local checkpoint of that CNN (diffvqa pretrain); kept fixed when loaded
+    difference_writer: str = 'decoder'                       # who answers the whole-image difference question: 'decoder' (GPT-2, the paper) or 'readout' (written from the change CNN's readout; tiny)
+    readout_threshold: float = 0.3                           # difference_writer 'readout': a finding is reported when its most probable change kind reaches this probability
     mask_hidden: int = 256                                   # hidden width of the mask MLP g
     mask_channels: int = 1                                   # outputs of g: 1 (the paper: one keep-probability per token) or one map per finding (tiny), fused by the max over findings
     mask_weights: str | None = None                          # local checkpoint of g and the fusion h (diffvqa pretrain; None: random start)
@@ -261,11 +265,12 @@ def _tiny() -> ExperimentConfig:
         decoder=None,
         decoder_kwargs=dict(n_layer=2, n_embd=96, n_head=4, n_positions=256),
         tokenizer='bpe', bpe_vocab_size=512,
-        text_layers=2, text_heads=4, projector_heads=4, image_position_embedding=True, image_summary=True, fusion_rank=256, change_width=160, change_tokens=True, change_copy=True, mask_hidden=64, mask_channels=10, mask_trainable=False, registration_channels=8, registration_trainable=False,
+        text_layers=2, text_heads=4, projector_heads=4, image_position_embedding=True, image_summary=True, fusion_rank=256, change_width=160, change_tokens=True, change_copy=True, difference_writer='readout', mask_hidden=64, mask_channels=10, mask_trainable=False, registration_channels=8, registration_trainable=False,
         max_question_len=24, max_answer_len=48, dropout=0.0, pretrained=False)
     # change_width=160: a CNN compares the two films pixel by pixel before any per-film encoding (early fusion) and feeds the answer fusion; the paper leaves the comparison to the decoder (README: what it changes)
     # change_tokens: the decoder reads, as prefix tokens, which findings the answer fusion scores as added / removed / level-changed (a copy path to the finding names; the paper has none)
     # change_copy: a pointer adds the readout's log-probabilities to the names' answer logits where the decoder's gate opens (validation difference F1 0.19 -> 0.30 at the demo's schedule)
+    # difference_writer='readout': the difference answer is written from the change CNN's readout (what changed, each film's grade); the decoder rarely says a level changed and cannot know the grades (README: what it changes)
     # mask_channels=10: one map per finding the synthetic benchmark draws (lesions.CATALOGUE); pretraining refuses fewer channels than findings with boxes
     train = TrainConfig(lr=1e-3, epochs_frozen=2, epochs_unfrozen=2, bs=48, bs_valid=64, val_subset=64, mixed_precision='no', lambda_end=0.8)
     return ExperimentConfig(model=model, loss=LossConfig(alpha_changes=1.0), train=train, preset='tiny')

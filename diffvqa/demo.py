@@ -103,7 +103,11 @@ def targets_table(metrics: dict[str, Any], # from `evaluate_run`
     lines = ['| question type (closed: exact match) | own films | another pair\'s films | blank films |', '|---|---|---|---|']
     lines += [f'| {t} | {_f(v["own"])} | {_f(v["other"])} | {_f(v["blank"])} |' for t, v in s['closed_accuracy'].items()]
     d = s['difference_f1']
-    lines += [f'| difference (finding F1) | {_f(d["own"])} | {_f(d["other"])} | {_f(d["blank"])} |', '']
+    lines += [f'| difference (finding F1) | {_f(d["own"])} | {_f(d["other"])} | {_f(d["blank"])} |']
+    if 'difference_f1_decoder' in s:
+        d = s['difference_f1_decoder']
+        lines += [f'| difference, the decoder\'s own answer (finding F1) | {_f(d["own"])} | {_f(d["other"])} | {_f(d["blank"])} |']
+    lines += ['']
     if 'registration' in s:
         r = s['registration']
         lines += [f'Registration against the true pose ({r["n_pairs"]} test pairs): mean corner error {r["corner_error_px"]:.2f} px '

@@ -16,13 +16,13 @@ import numpy as np
 import pandas as pd
 
 from .core import DiffVQAError
-from .metrics import (CAPTION_METRICS, _CONTROLS, _f, baseline_metrics, evaluate_predictions,
-                             ground_truth_metrics, write_metrics)
+from .metrics import (CAPTION_METRICS, _CONTROLS, _f, baseline_metrics, difference_scores,
+                             evaluate_predictions, ground_truth_metrics, write_metrics)
 from .templates import QUESTION_TYPES
 
 # %% auto #0
-__all__ = ['IMAGE_SOURCES', 'EvaluationResult', 'answer_batches', 'generate_answers', 'long_questions', 'evaluate_run',
-           'add_evaluate_args', 'run_evaluate']
+__all__ = ['IMAGE_SOURCES', 'EvaluationResult', 'answer_batches', 'generate_answers', 'decoder_difference', 'long_questions',
+           'evaluate_run', 'add_evaluate_args', 'run_evaluate']
 
 # %% ../nbs/api/19_evaluate.ipynb #95ff7406
 @dataclass
@@ -105,13 +105,20 @@ def generate_answers(model: Any, # a DiffVQA in eval mode
         for i in range(len(b)):
             rows.append(dict(qid=b.qid[i], subject_id=b.subject_id[i], study_id=b.study_id[i], ref_id=b.ref_id[i],
                              question_type=b.question_type[i], question=b.question[i], answer=b.answer[i],
-                             prediction=g.texts[i]) | _two_pass_columns(g, i))
+                             prediction=g.texts[i]) | _two_pass_columns(g, i)
+                        | ({} if getattr(g, 'decoder_texts', None) is None else {'prediction_decoder': g.decoder_texts[i]}))
             key = (b.study_id[i], b.ref_id[i])
             if key not in maps:
                 maps[key] = {k: getattr(g, k)[i, 0].float().cpu().numpy() for k in ('M', 'U', 'F') if getattr(g, k) is not None} | {'theta': g.theta[i].float().cpu().numpy()}
         bar.update(len(b))
     bar.close()
     return pd.DataFrame(rows), maps
+
+def decoder_difference(df: pd.DataFrame, # answers with a prediction_decoder column (difference_writer 'readout')
+                      ) -> dict[str, Any] | None:
+    "Finding F1 (`difference_scores`) of the decoder's own difference answers where the model wrote them from its readout; None without that column or difference rows."
+    d = df[df.question_type == 'difference'] if 'prediction_decoder' in df else df.iloc[:0]
+    return difference_scores(d.prediction_decoder.tolist(), d.answer.tolist()) if len(d) else None
 
 def _two_pass_columns(g: Any, i: int) -> dict[str, str]:
     "A saliency model's preliminary answer and its keyword for row i ('' for no keyword); nothing for other models."
@@ -178,6 +185,7 @@ def _answer_controls(model: Any, # the evaluated DiffVQA
         if not on: continue
         dfc, _ = generate_answers(model, cache, images=images, **kw)
         metrics[key] = evaluate_predictions(dfc) | {'images': images}
+        if (dec := decoder_difference(dfc)) is not None: metrics[key]['decoder_difference'] = dec
         df[col] = dfc['prediction'].to_numpy()
 
 def evaluate_run(run: str | Path, # a run folder (RUN/best is used) or a save_pretrained folder
@@ -214,6 +222,7 @@ def evaluate_run(run: str | Path, # a run folder (RUN/best is used) or a save_pr
     cut = _warn_long(df, model)
     metrics = evaluate_predictions(df)
     metrics['baseline'] = baseline_metrics(cache.select('train', question_types), df)
+    if (dec := decoder_difference(df)) is not None: metrics['decoder_difference'] = dec  # the decoder's own answers, beside the readout's
     t1 = time.time()
     _answer_controls(model, cache, df, metrics, kw, image_control, question_only)
     metrics |= ground_truth_metrics(cache, maps, tolerance)

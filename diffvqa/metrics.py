@@ -323,10 +323,11 @@ def learning_summary(metrics: dict[str, Any], # from `evaluate_run` (with its co
     "Own films vs another pair's vs blank, per closed type and for the difference F1; registration and mask vs their baselines."
     rows = {'own': metrics, 'other': metrics.get('image_control'), 'blank': metrics.get('question_only')}
     acc = lambda m, t: (m or {}).get('closed', {}).get('by_type', {}).get(t, {}).get('accuracy', float('nan'))
-    f1 = lambda m: ((m or {}).get('difference_findings') or {}).get('all', {}).get('f1', float('nan'))
+    f1 = lambda m, key='difference_findings': ((m or {}).get(key) or {}).get('all', {}).get('f1', float('nan'))
     types = list(metrics.get('closed', {}).get('by_type', {}))
     out: dict[str, Any] = {'closed_accuracy': {t: {k: acc(m, t) for k, m in rows.items()} for t in types},
                            'difference_f1': {k: f1(m) for k, m in rows.items()}}
+    if 'decoder_difference' in metrics: out['difference_f1_decoder'] = {k: f1(m, 'decoder_difference') for k, m in rows.items()}  # readout-written answers: the decoder's own
     if 'registration' in metrics: out['registration'] = metrics['registration']
     loc = metrics.get('localisation')
     if loc: out['mask'] = {p: {k: v[k] for k in ('pointing_game', 'chance_pointing_game', 'auroc')}

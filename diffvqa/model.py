@@ -19,19 +19,20 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from torch import Tensor, nn
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from .core import (DiffVQAError, ExperimentConfig, ModelConfig, atomic_path, config_from_json, config_to_json, get_preset,
+from .core import (DIFFERENCE_WRITERS, DiffVQAError, ExperimentConfig, ModelConfig, atomic_path, config_from_json, config_to_json, get_preset,
                           patch_to, quiet_weight_loading)
 from .mask import MASK_SOURCES, AdaptiveMask, to_token_grid
 from .prior import DinoPrior
 from .registration import AffineRegistration
-from .templates import CHANGE_KINDS, FINDINGS
+from .lesions import CATALOGUE
+from .templates import CHANGE_KINDS, FINDINGS, LevelChange, difference_answer, difference_question, normalize_question
 from .tokenizer import ANS_TOKEN, EOS_TOKEN, IMG_TOKEN, QTN_TOKEN, add_special_tokens, check_tokenizer, load_tokenizer
 
 # %% auto #0
 __all__ = ['CHANGE_READOUT', 'CHANGE_WORDS', 'COMPONENTS', 'ImageEncoder', 'Projector', 'TextEncoder', 'AnswerFusion', 'mlp_head',
-           'ChangeEncoder', 'build_decoder', 'build_registration', 'load_weights', 'placeholder_tokenizer',
-           'shared_tensor_keys', 'pair_groups', 'DiffVQAOutput', 'GenerationOutput', 'Prefix', 'DiffVQA', 'model_dir',
-           'count_parameters', 'parameter_table']
+           'ChangeEncoder', 'grade_pair', 'write_difference', 'build_decoder', 'build_registration', 'load_weights',
+           'placeholder_tokenizer', 'shared_tensor_keys', 'pair_groups', 'DiffVQAOutput', 'GenerationOutput', 'Prefix',
+           'DiffVQA', 'model_dir', 'count_parameters', 'parameter_table']
 
 # %% ../nbs/api/15_model.ipynb #6a61273f
 class ImageEncoder(nn.Module):
@@ -168,7 +169,8 @@ def _conv_block(i: int, o: int, convs: int = 2) -> nn.Sequential:
     for _ in range(convs - 1): layers += [nn.Conv2d(o, o, 3, 1, 1), nn.BatchNorm2d(o), nn.ReLU()]
     return nn.Sequential(*layers)
 
-CHANGE_READOUT: tuple[str, ...] = ('appeared', 'resolved', 'worsened', 'improved')  # the change CNN's own readout, one block of F columns (FINDINGS order) each
+CHANGE_READOUT: tuple[str, ...] = ('appeared', 'resolved', 'worsened', 'improved',  # the change CNN's own readout, one block of F columns (FINDINGS order) each:
+                                   'main level ≥ 2', 'main level ≥ 3', 'reference level ≥ 2', 'reference level ≥ 3')  # what changed, then each film's grade
 
 class ChangeEncoder(nn.Module):
     "Early fusion of a pair: a CNN over [registered main, reference, their difference], each film standardised → [B, width] (tiny only)."
@@ -179,7 +181,9 @@ class ChangeEncoder(nn.Module):
         w = [16, 32, 64, 128, width]
         convs = [1, 1, 2, 2, 2]  # one convolution at the two finest scales (a quarter of the cost of 32-64-96 widths with two each; held-out AUROC 0.72 both)
         self.net = nn.Sequential(*(_conv_block(i, o, k) for i, o, k in zip([3, *w[:-1]], w, convs)), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.head = nn.Linear(width, len(CHANGE_READOUT) * len(FINDINGS))  # what appeared / resolved / worsened / improved, as pretrained with the CNN
+        self.head = nn.Linear(width, 4 * len(FINDINGS))  # what appeared / resolved / worsened / improved, as pretrained with the CNN
+        self.grade_head = nn.utils.skip_init(nn.Linear, width, 4 * len(FINDINGS))  # each film's grade: main ≥ 2, ≥ 3, reference ≥ 2, ≥ 3
+        with torch.no_grad(): self.grade_head.weight.zero_(); self.grade_head.bias.zero_()  # zero without a random draw: pretraining or a checkpoint fills it, and a draw would shift every later initialisation
         self.width = width
 
     def forward(self,
@@ -194,8 +198,41 @@ class ChangeEncoder(nn.Module):
                     features: Tensor, # [B, width] from `forward`
                    ) -> Tensor: # [B,3F] in CHANGE_KINDS order
         "The readout's logits as the answer's change kinds: added = appeared, removed = resolved, level = max(worsened, improved)."
-        a, r, w, i = self.head(features).unflatten(1, (len(CHANGE_READOUT), -1)).unbind(1)
+        a, r, w, i = self.head(features).unflatten(1, (4, -1)).unbind(1)
         return torch.cat([a, r, torch.maximum(w, i)], 1)
+
+    def readout(self,
+                features: Tensor, # [B, width] from `forward`
+               ) -> Tensor: # [B, len(CHANGE_READOUT), F] logits
+        "Every block of the readout: appeared, resolved, worsened, improved, then each film's grade (rank ≥ 2, ≥ 3)."
+        return torch.cat([self.head(features), self.grade_head(features)], 1).unflatten(1, (len(CHANGE_READOUT), -1))
+
+# %% ../nbs/api/15_model.ipynb #d03ce86a
+def grade_pair(readout: Tensor, # [len(CHANGE_READOUT)] σ of one finding's readout blocks in one pair
+               n: int, # how many grades the finding has (2 or 3)
+              ) -> tuple[int, int]: # (reference grade, main grade), 1 = mildest
+    "The most probable pair of different grades: P_ref(r) · P_main(m) · P(worsened if m > r else improved)."
+    p = readout.float().tolist()
+    def film(ge2: float, ge3: float) -> list[float]:  # P(grade = 1, 2[, 3]) from the ordinal outputs
+        return [max(1 - ge2, 1e-6), max(ge2 - ge3, 1e-6), max(ge3, 1e-6)][:n] if n == 3 else [max(1 - ge2, 1e-6), max(ge2, 1e-6)]
+    main, ref = film(p[4], p[5]), film(p[6], p[7])
+    pairs = [(r, m) for r in range(1, n + 1) for m in range(1, n + 1) if r != m]
+    return max(pairs, key=lambda x: ref[x[0] - 1] * main[x[1] - 1] * (p[2] if x[1] > x[0] else p[3]))
+
+def write_difference(readout: Tensor, # [len(CHANGE_READOUT), F] σ of the change CNN's readout for one pair
+                     kinds: Tensor, # [3, F] P(added / removed / level-changed) per finding (σ of `Prefix.change_logits`)
+                     threshold: float = 0.3, # a finding is reported when its most probable kind reaches this
+                    ) -> str:
+    "A difference answer from the change readout: each finding whose most probable kind reaches `threshold`, level changes graded per film; 'nothing has changed' when none."
+    added, removed, levels = [], [], []
+    for j, f in enumerate(FINDINGS):
+        k, words = int(kinds[:, j].argmax()), CATALOGUE[f].levels if f in CATALOGUE else ()  # grades: those pretraining taught (synthetic catalogue)
+        if float(kinds[k, j]) < threshold or (k == 2 and len(words) < 2): continue  # unsure, or no grades to change between
+        if k == 2:
+            r, m = grade_pair(readout[:, j], min(len(words), 3))
+            levels.append(LevelChange(f, words[r - 1], words[m - 1]))
+        else: (added if k == 0 else removed).append(f)
+    return difference_answer(added, removed, levels).strip()
 
 # %% ../nbs/api/15_model.ipynb #eed9c06f
 def build_decoder(cfg: ModelConfig, # uses decoder, decoder_kwargs
@@ -312,6 +349,7 @@ class GenerationOutput:
     F: Tensor | None     # [B,1,S,S] adaptive mask (None: mask_source 'saliency')
     theta: Tensor        # [B,2,3] the registration Θ (reference grid → main image)
     scores: Tensor       # [B] sum of log-probabilities of the chosen sequence (beam search: length-normalised)
+    decoder_texts: list[str] | None  # the decoder's own answers where `texts` were written from the change readout (difference_writer 'readout'); None otherwise
 
 @dataclass
 class Prefix:
@@ -378,6 +416,9 @@ class DiffVQA(nn.Module):
         self.register_buffer('change_words_mask', torch.tensor([[1.] * len(w) + [0.] * (n - len(w)) for w in words]), persistent=False)
         self.n_change_tokens = len(FINDINGS) if config.change_tokens else 0
         if config.change_copy and not config.fusion_rank: raise DiffVQAError('change_copy: the pointer reads the answer fusion (fusion_rank)')
+        if config.difference_writer not in DIFFERENCE_WRITERS: raise DiffVQAError(f'difference_writer: expected one of {DIFFERENCE_WRITERS}, not {config.difference_writer!r}')
+        if config.difference_writer == 'readout' and not (config.change_width and config.fusion_rank):
+            raise DiffVQAError('difference_writer: readout needs the change CNN and its scores (change_width, fusion_rank)')
         self.copy_gate = nn.Linear(D, len(CHANGE_KINDS)) if config.change_copy else None  # when to copy, and from which kind's scores
         if self.copy_gate is not None: nn.init.zeros_(self.copy_gate.weight); nn.init.constant_(self.copy_gate.bias, -2.0)
         first = [tokenizer(f' {w}', add_special_tokens=False)['input_ids'][0] for w in FINDINGS] if config.change_copy else [0]
@@ -729,9 +770,27 @@ def generate(self: DiffVQA,
     finally:
         self.train(was_training)
     texts = [t.strip() for t in self.tokenizer.batch_decode(ids.tolist(), skip_special_tokens=True)]
+    decoded = texts
+    if self.config.difference_writer == 'readout': texts = self.write_differences(pre, question_ids, texts)
     p, i = pre.parts, pre.parts['pair_index']
     rows = lambda k: None if p[k] is None else p[k][i]
-    return GenerationOutput(ids=ids, texts=texts, M=p['M'][i], U=rows('U'), F=rows('F'), theta=p['theta'][i], scores=scores)
+    return GenerationOutput(ids=ids, texts=texts, M=p['M'][i], U=rows('U'), F=rows('F'), theta=p['theta'][i], scores=scores,
+                            decoder_texts=decoded if texts is not decoded else None)
+
+@patch_to(DiffVQA)
+def write_differences(self: DiffVQA,
+                      pre: Prefix, # from `encode`
+                      question_ids: Tensor, # [B,Lq] the questions' tokens
+                      texts: list[str], # the decoder's answers
+                     ) -> list[str]:
+    "The whole-image difference questions' answers written from the change readout (`write_difference`); every other answer as decoded."
+    qs = self.tokenizer.batch_decode(question_ids.tolist(), skip_special_tokens=True)
+    i, has_ref = pre.parts['pair_index'], pre.parts['has_ref']
+    read = torch.sigmoid(self.change.readout(pre.parts['change'][i]).float())  # [B,len(CHANGE_READOUT),F]
+    kinds = torch.sigmoid(pre.change_logits.float()).unflatten(1, (len(CHANGE_KINDS), -1))  # [B,3,F]
+    ask = difference_question()
+    return [write_difference(read[b], kinds[b], self.config.readout_threshold) if normalize_question(q) == ask and bool(has_ref[i[b]]) else t
+            for b, (q, t) in enumerate(zip(qs, texts))]
 
 # %% ../nbs/api/15_model.ipynb #4712ff7c
 @patch_to(DiffVQA)

@@ -21,7 +21,7 @@ from .core import DiffVQAError, atomic_write
 from .images import CONVERSIONS, fit_image, jpeg_draft_size, mimic_cxr_jpg, stretch_to_uint8, to_gray8
 from .data import encode_questions
 from .saliency import SaliencyGeneration, answer_questions
-from .templates import is_difference_question, normalize_question
+from .templates import difference_question, is_difference_question, normalize_question
 
 # %% auto #0
 __all__ = ['MAX_PIXELS', 'DICOM_SUFFIXES', 'read_film', 'read_image', 'resize_like_cache', 'Prediction', 'mask_stats',
@@ -145,6 +145,7 @@ class Prediction:
     tokens_cut: int = 0      # question tokens beyond the model's max_question_len, dropped
     conversion: dict = field(default_factory=dict) # 'main'/'ref' -> CONVERSIONS key; 'mimic_conversion' -> the setting
     saliency: dict = field(default_factory=dict) # saliency run: preliminary answer, keyword, whether M came from Grad-CAM
+    decoder_answer: str | None = None  # the decoder's own answer where `answer` was written from the change readout (difference_writer 'readout'); None otherwise
 
     def to_dict(self) -> dict[str, Any]:
         "The JSON-ready summary written to answer.json."
@@ -155,7 +156,8 @@ class Prediction:
                     question_normalized=self.question_used, question_tokens_cut=int(self.tokens_cut),
                     image_conversion=self.conversion | {'steps': {self.conversion[k]: CONVERSIONS[self.conversion[k]]
                                                                   for k in ('main', 'ref') if self.conversion.get(k) in CONVERSIONS}}) \
-               | ({'saliency': self.saliency} if self.saliency else {})
+               | ({'saliency': self.saliency} if self.saliency else {}) \
+               | ({} if self.decoder_answer is None else {'answer_from': 'change readout', 'decoder_answer': self.decoder_answer})
 
 def mask_stats(m: np.ndarray, # [H,W] mask
               ) -> dict[str, Any]:
@@ -199,6 +201,10 @@ def question_ids(tokenizer: Any, # the model's tokenizer
 def _np(x: torch.Tensor) -> np.ndarray: return x.detach().float().cpu().numpy()
 
 # %% ../nbs/api/25_predict.ipynb #1babba02
+def _from_readout(model: Any, question: str, ref_path: Any) -> bool:
+    "True when the model writes this answer from its change readout (difference_writer 'readout', the whole-image difference question, two films)."
+    return model.config.difference_writer == 'readout' and ref_path is not None and normalize_question(question) == difference_question()
+
 def predict(run_or_model: Any, # a run folder (RUN/best is used), a save_pretrained folder, or a DiffVQA
             main_path: str | Path, # the main (later) image file
             ref_path: str | Path | None, # the reference (earlier) image file; None: a single visit (no prior study)
@@ -237,7 +243,8 @@ def predict(run_or_model: Any, # a run folder (RUN/best is used), a save_pretrai
                       U=None if gen.U is None else _np(gen.U[0, 0]), F=None if gen.F is None else _np(gen.F[0, 0]),
                       theta=_np(gen.theta[0]), lam=None if two_pass else float(model.mask.lam), score=float(gen.scores[0]), saliency=sal, main_path=str(main_path), ref_path='' if ref_path is None else str(ref_path),
                       model_path=where, question_used=normalize_question(question), tokens_cut=cut,
-                      conversion=dict(main=how_main, ref=how_ref, mimic_conversion=bool(mimic_conversion)))
+                      conversion=dict(main=how_main, ref=how_ref, mimic_conversion=bool(mimic_conversion)),
+                      decoder_answer=gen.decoder_texts[0] if _from_readout(model, question, ref_path) else None)
     if out is not None: write_prediction(pred, out)
     return pred
 

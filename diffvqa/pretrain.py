@@ -30,7 +30,7 @@ from .data import PairCache
 from .metrics import auroc
 from .groundtruth import box_grid, load_ground_truth, visit_findings
 from .mask import AdaptiveMask, difference_fusion
-from .model import CHANGE_READOUT, ChangeEncoder, ImageEncoder, build_registration
+from .model import CHANGE_READOUT, ChangeEncoder, ImageEncoder, build_registration, grade_pair
 from .prior import DinoPrior
 from .registration import affine_from_params, corner_error, warp_affine
 from .lesions import CATALOGUE
@@ -350,8 +350,7 @@ def change_pairs(films: pd.DataFrame, # from `training_films` (uses subject_id)
     out = [(a, b) for s in np.unique(sub[idx]) for a, b in itertools.permutations(idx[sub[idx] == s], 2)]
     return np.array(out, dtype=np.int64).reshape(-1, 2)
 
-CHANGE_TARGETS: tuple[str, ...] = (*CHANGE_READOUT,
-                                   'main level ≥ 2', 'main level ≥ 3', 'reference level ≥ 2', 'reference level ≥ 3')
+CHANGE_TARGETS: tuple[str, ...] = CHANGE_READOUT  # the pretraining targets are the blocks the CNN's readout keeps
 
 def change_targets(findings: np.ndarray, # [n_films, F] 0/1 per-film findings (`FilmLabels.findings`)
                    pairs: np.ndarray, # [n,2] from `change_pairs`
@@ -368,16 +367,26 @@ def keep_readout(net: ChangeEncoder, # its `head` is overwritten
                  head: nn.Linear, # the pretraining head: [width] → len(CHANGE_TARGETS) blocks of len(vocabulary) logits
                  vocabulary: list[str], # the findings of head's columns
                 ) -> ChangeEncoder:
-    "Copy the appeared / resolved / worsened / improved part of the pretraining head into the CNN's own readout, in FINDINGS order (zeros for findings the labels lack)."
+    "Copy the pretraining head (every `CHANGE_TARGETS` block) into the CNN's own readout, in FINDINGS order (zeros for findings the labels lack)."
     Fn, Fa = len(vocabulary), len(FINDINGS)
+    parts = (net.head, net.grade_head)  # the readout's first four blocks, then the four grade blocks
     with torch.no_grad():
-        net.head.weight.zero_(); net.head.bias.zero_()
+        for p in parts: p.weight.zero_(); p.bias.zero_()
         for i, f in enumerate(vocabulary):
             if f not in FINDINGS: continue
             for j in range(len(CHANGE_READOUT)):
-                net.head.weight[j * Fa + FINDINGS.index(f)] = head.weight[j * Fn + i]
-                net.head.bias[j * Fa + FINDINGS.index(f)] = head.bias[j * Fn + i]
+                lin, r = parts[j // 4], (j % 4) * Fa + FINDINGS.index(f)
+                lin.weight[r], lin.bias[r] = head.weight[j * Fn + i], head.bias[j * Fn + i]
     return net
+
+def _grades_right(p: np.ndarray, labels: FilmLabels, pairs: np.ndarray) -> dict:
+    "Of the pairs' level changes (a finding graded in both films, differently), the share whose two grades `grade_pair` reads right."
+    if labels.levels is None: return {}
+    a, b = labels.levels[pairs[:, 0]], labels.levels[pairs[:, 1]]
+    q = torch.from_numpy(p).view(len(pairs), len(CHANGE_TARGETS), -1)
+    right = [grade_pair(q[i, :, k], min(3, len(CATALOGUE[labels.vocabulary[k]].levels))) == (b[i, k], a[i, k])
+             for i, k in zip(*np.nonzero((a > 0) & (b > 0) & (a != b))) if labels.vocabulary[k] in CATALOGUE]
+    return dict(n_level_changes=len(right), grades_right=float(np.mean(right)) if right else float('nan'))
 
 def _pair_films(cache: PairCache, rows: np.ndarray, pairs: np.ndarray, registration: nn.Module | None = None) -> tuple[Tensor, Tensor]:
     "The (main, reference) films of the given pairs: two [n,1,S,S] tensors in [0,1], the main film warped onto the reference by `registration` when given."
@@ -426,6 +435,7 @@ def pretrain_change(cache: PairCache, # the prepared cache
         report |= dict(n_heldout_pairs=int(len(H)), auroc={k: round(v, 3) for k, v in each.items() if v == v},
                        auroc_mean=mean(('appeared', 'resolved')), auroc_level_mean=mean(('worsened', 'improved')),
                        f1=2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float('nan'))
+        report |= _grades_right(p, labels, H)
     return net, report
 
 # %% ../nbs/api/22_pretrain.ipynb #f3c3b244
@@ -689,7 +699,7 @@ def run_pretrain(args: Any, # parsed `diffvqa pretrain` flags
     print(f"{r.out}: image encoder view accuracy {e.get('view_accuracy', float('nan')):.3f}, findings AUROC "
           f"{e.get('findings_auroc_mean', float('nan')):.3f}, box AUROC {e.get('boxes_auroc', float('nan')):.3f}; mask head token AUROC "
           f"{m.get('token_auroc', float('nan')):.3f}{'' if 'skipped' not in m else ' (' + m['skipped'] + ')'}; change CNN AUROC "
-          f"{c.get('auroc_mean', float('nan')):.3f} (worsened/improved {c.get('auroc_level_mean', float('nan')):.3f}), F1 {c.get('f1', float('nan')):.3f}{'' if 'skipped' not in c else ' (' + c['skipped'] + ')'}; registration "
+          f"{c.get('auroc_mean', float('nan')):.3f} (worsened/improved {c.get('auroc_level_mean', float('nan')):.3f}), F1 {c.get('f1', float('nan')):.3f}, level grades right {c.get('grades_right', float('nan')):.2f}{'' if 'skipped' not in c else ' (' + c['skipped'] + ')'}; registration "
           f"corner error {g.get('corner_error_px', float('nan')):.2f} px (unregistered {g.get('corner_error_unregistered_px', float('nan')):.2f}); "
           f"prior DINO loss {p.get('dino_loss_first', float('nan')):.3f} -> {p.get('dino_loss_last', float('nan')):.3f} "
           f"(uniform {p.get('uniform_loss', float('nan')):.3f}); held-out training films: {e.get('n_heldout', 0)}")

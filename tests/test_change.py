@@ -11,9 +11,9 @@ from safetensors.torch import save_file
 
 from diffvqa.core import DiffVQAError, PretrainConfig, get_preset
 from diffvqa.metrics import auroc
-from diffvqa.model import CHANGE_READOUT, ChangeEncoder, DiffVQA
+from diffvqa.model import CHANGE_READOUT, ChangeEncoder, DiffVQA, grade_pair, write_difference
 from diffvqa.pretrain import CHANGE_TARGETS, FilmLabels, _pair_films, change_pairs, change_targets, keep_readout, pretrain_change
-from diffvqa.templates import CHANGE_KINDS, FINDINGS
+from diffvqa.templates import CHANGE_KINDS, FINDINGS, parse_difference_answer
 from diffvqa.tokenizer import train_bpe_tokenizer
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
@@ -81,16 +81,18 @@ def test_change_cnn_learns_which_side_changed():
 
 
 def test_keep_readout_by_hand():
-    "The appeared / resolved / worsened / improved blocks of the pretraining head land in FINDINGS columns; other columns are zero; level = max(worsened, improved)."
+    "Every block of the pretraining head (what changed, then each film's grade) lands in FINDINGS columns; other columns are zero; level = max(worsened, improved)."
     vocab = ['pneumonia', 'not a finding', 'edema']
     head = torch.nn.Linear(2, len(CHANGE_TARGETS) * 3)
     with torch.no_grad(): head.weight.copy_(torch.arange(head.weight.numel(), dtype=torch.float32).view_as(head.weight)); head.bias.copy_(-torch.arange(len(head.bias), dtype=torch.float32))
     net = keep_readout(ChangeEncoder(2), head, vocab)
     Fa, e, p = len(FINDINGS), FINDINGS.index('edema'), FINDINGS.index('pneumonia')
+    W, b = torch.cat([net.head.weight, net.grade_head.weight]), torch.cat([net.head.bias, net.grade_head.bias])  # CHANGE_READOUT's blocks in order
     for j in range(len(CHANGE_READOUT)):
-        assert torch.equal(net.head.weight[j * Fa + p], head.weight[j * 3 + 0]) and net.head.bias[j * Fa + e] == head.bias[j * 3 + 2]
+        assert torch.equal(W[j * Fa + p], head.weight[j * 3 + 0]) and b[j * Fa + e] == head.bias[j * 3 + 2]
     rest = [r for r in range(len(CHANGE_READOUT) * Fa) if r % Fa not in (e, p)]
-    assert net.head.weight[rest].abs().max() == 0 and net.head.bias[rest].abs().max() == 0
+    assert W[rest].abs().max() == 0 and b[rest].abs().max() == 0
+    torch.testing.assert_close(net.readout(torch.tensor([[1., -2.]]))[0, 5, e], head.weight[5 * 3 + 2] @ torch.tensor([1., -2.]) + head.bias[5 * 3 + 2])
     x = torch.tensor([[1., -2.]])
     y = lambda r: (head.weight[r] @ x[0] + head.bias[r]).item()     # a pretraining-head logit by hand
     k = net.kind_logits(x).view(len(CHANGE_KINDS), Fa)
@@ -110,6 +112,16 @@ def test_change_logits_start_from_the_cnn_readout(tok):
     with torch.no_grad(): want = m.change.kind_logits(m.change(m.registration(main[:1], ref[:1]).registered, ref[:1]))
     torch.testing.assert_close(pre.change_logits[:1], want)
     assert pre.change_logits[1].abs().max() == 0 and pre.change_logits[0].abs().max() > 0
+
+
+def test_grade_head_draws_no_random_numbers():
+    "The grade blocks start at zero without a random draw: the random stream after a ChangeEncoder is the one after its convolutions and what-changed head alone."
+    from diffvqa.model import _conv_block
+    torch.manual_seed(0); net = ChangeEncoder(8); after = torch.rand(3)
+    torch.manual_seed(0)
+    for i, o, k in zip([3, 16, 32, 64, 128], [16, 32, 64, 128, 8], [1, 1, 2, 2, 2]): _conv_block(i, o, k)
+    torch.nn.Linear(8, 4 * len(FINDINGS)); want = torch.rand(3)
+    assert torch.equal(after, want) and net.grade_head.weight.abs().max() == 0 and net.grade_head.bias.abs().max() == 0
 
 
 def test_no_change_cnn_no_pretraining():
@@ -210,3 +222,56 @@ def test_pair_films_are_registered_when_a_registration_is_given():
     rmain, rref = _pair_films(cache, rows, pairs, Roll())
     assert torch.equal(main, load_films(cache, np.array([1, 3]))) and torch.equal(ref, load_films(cache, np.array([0, 2])))
     assert torch.equal(rmain, torch.roll(main, 5, -1)) and torch.equal(rref, ref)
+
+
+def test_grade_pair_by_hand():
+    "The grade pair maximises P_ref(r) P_main(m) P(direction): hand-computed products, two- and three-grade findings."
+    # blocks: appeared, resolved, worsened, improved, main ≥ 2, main ≥ 3, reference ≥ 2, reference ≥ 3
+    p = torch.tensor([0, 0, 0.3, 0.6, 0.8, 0.3, 0.9, 0.6])
+    # main grades 1/2/3: 0.2, 0.5, 0.3; reference: 0.1, 0.3, 0.6. (r, m) scores: (1,2) .1*.5*.3=.015, (1,3) .1*.3*.3=.009,
+    # (2,1) .3*.2*.6=.036, (2,3) .3*.3*.3=.027, (3,1) .6*.2*.6=.072, (3,2) .6*.5*.6=.18
+    assert grade_pair(p, 3) == (3, 2)
+    p[2], p[3] = 0.95, 0.01   # now worsened: (2,3) .3*.3*.95 = .0855 beats (3,2) .6*.5*.01
+    assert grade_pair(p, 3) == (2, 3)
+    assert grade_pair(torch.tensor([0, 0, 0.1, 0.9, 0.2, 0.0, 0.9, 0.0]), 2) == (2, 1)   # two grades: improved, 2 -> 1
+
+
+def test_write_difference_one_kind_per_finding():
+    "Each finding is said once, with its most probable kind, when that reaches the threshold; the answer parses back."
+    read, kinds = torch.zeros(len(CHANGE_READOUT), len(FINDINGS)), torch.zeros(len(CHANGE_KINDS), len(FINDINGS))
+    e, o, g = FINDINGS.index('edema'), FINDINGS.index('lung opacity'), FINDINGS.index('granuloma')
+    kinds[0, e], kinds[1, e] = 0.5, 0.6          # removed wins over added
+    kinds[2, o] = 0.7; read[:, o] = torch.tensor([0, 0, 0.1, 0.9, 0.2, 0.0, 0.9, 0.0])  # improved, moderate -> mild
+    kinds[2, g] = 0.9                            # granuloma has no grades: no level sentence
+    kinds[0, FINDINGS.index('fracture')] = 0.29  # below the threshold
+    a = parse_difference_answer(write_difference(read, kinds, threshold=0.3), strict=True)
+    assert a.added == () and a.removed == ('edema',)
+    assert [(c.finding, c.before, c.after) for c in a.level_changes] == [('lung opacity', 'moderate', 'mild')]
+
+
+def test_generate_writes_the_difference_answer_from_the_readout(tok):
+    "difference_writer 'readout': the whole-image difference question is answered from the readout, other questions and single visits by the decoder, whose answers are kept."
+    torch.manual_seed(0)
+    m = DiffVQA.from_preset('tiny', tokenizer=tok).eval()
+    e = FINDINGS.index('edema')
+    with torch.no_grad():
+        m.change.head.weight.zero_(); m.change.head.bias.fill_(-10.0); m.change.head.bias[e] = 10.0   # appeared: edema, whatever the films
+    g = torch.Generator().manual_seed(0)
+    main, ref = torch.rand(3, 1, 128, 128, generator=g), torch.rand(3, 1, 128, 128, generator=g)
+    q = tok(['what has changed compared to the reference image?', 'yes.', 'what has changed compared to the reference image?'],
+            return_tensors='pt', padding=True)
+    out = m.generate(main, ref, q['input_ids'], q['attention_mask'], max_new_tokens=4, has_ref=torch.tensor([True, True, False]))
+    assert out.texts[0] == 'the main image has an additional finding of edema than the reference image.'
+    assert out.texts[1:] == out.decoder_texts[1:] and out.decoder_texts[0] != out.texts[0]
+    m.config.difference_writer = 'decoder'
+    again = m.generate(main, ref, q['input_ids'], q['attention_mask'], max_new_tokens=4, has_ref=torch.tensor([True, True, False]))
+    assert again.decoder_texts is None and again.texts == out.decoder_texts
+
+
+def test_difference_writer_is_checked(tok):
+    import dataclasses
+    cfg = get_preset('tiny').model
+    with pytest.raises(DiffVQAError, match='difference_writer: expected one of'):
+        DiffVQA.from_preset(dataclasses.replace(cfg, difference_writer='template'), tokenizer=tok)
+    with pytest.raises(DiffVQAError, match='difference_writer: readout needs the change CNN'):
+        DiffVQA.from_preset(dataclasses.replace(cfg, change_width=0, change_tokens=False, change_copy=False), tokenizer=tok)

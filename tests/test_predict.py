@@ -324,6 +324,7 @@ def test_predict_writes_answer_and_overlay(tiny_run, tmp_path):
     assert info['image_size'] == S and set(info['masks']) == {'M', 'U', 'F'}
     assert info['masks']['M']['min'] == pytest.approx(float(pred.M.min()), abs=1e-6)
     np.testing.assert_allclose(info['theta'], np.eye(2, 3), atol=1e-6)  # untrained registration: identity
+    assert info['answer_from'] == 'change readout' and info['decoder_answer'] == pred.decoder_answer is not None  # tiny writes this answer from its readout
     with Image.open(out / 'overlay.png') as im: assert im.size == (2 * S + 4, S) and im.mode == 'RGB'
 
 
@@ -464,6 +465,7 @@ def test_single_visit_needs_no_reference_but_a_difference_question_does(tiny_run
     pred = predict(run, imgs / 'main.jpg', None, 'is there pneumothorax?', out=tmp_path / 'one', max_new_tokens=4)
     info = json.loads((tmp_path / 'one' / 'answer.json').read_text())
     assert info['ref'] == '' and info['image_conversion']['ref'] == 'none (single visit)'
+    assert 'answer_from' not in info and pred.decoder_answer is None   # not a difference question: the decoder's answer
     # the same answer as the model's single-visit path with any stand-in reference
     S = model.config.image_size
     x = torch.from_numpy(pred.main).float().div(255)[None, None]
