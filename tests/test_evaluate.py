@@ -342,3 +342,21 @@ def test_java_tokenizer_progress_line_is_dropped():
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "['hello world']" in r.stdout, r.stderr[-500:]
     assert 'PTBTokenizer tokenized' not in r.stderr, r.stderr[-500:]
+
+
+def test_decoder_answers_scored_beside_the_written_ones():
+    "With a prediction_decoder column, its difference rows get their own finding F1, and learning_summary shows it beside the control."
+    from diffvqa.evaluate import decoder_difference
+    from diffvqa.metrics import learning_summary
+    add = lambda f: f'the main image has an additional finding of {f} than the reference image.'
+    df = pd.DataFrame(dict(question_type=['difference', 'difference', 'view'], answer=[add('edema'), add('pneumonia'), 'PA view'],
+                           prediction=[add('edema'), add('pneumonia'), 'PA view'],
+                           prediction_decoder=[add('edema'), add('fracture'), 'AP view']))
+    d = decoder_difference(df)
+    assert (d['all']['tp'], d['all']['fp'], d['all']['fn']) == (1, 1, 1) and d['all']['f1'] == pytest.approx(0.5)
+    assert decoder_difference(df.drop(columns='prediction_decoder')) is None and decoder_difference(df[df.question_type == 'view']) is None
+    s = learning_summary({'difference_findings': {'all': {'f1': 1.0}}, 'decoder_difference': d,
+                          'image_control': {'difference_findings': {'all': {'f1': 0.0}}, 'decoder_difference': {'all': {'f1': 0.25}}}})
+    assert s['difference_f1'] == {'own': 1.0, 'other': 0.0, 'blank': pytest.approx(float('nan'), nan_ok=True)}
+    assert s['difference_f1_decoder']['own'] == pytest.approx(0.5) and s['difference_f1_decoder']['other'] == 0.25
+    assert 'difference_f1_decoder' not in learning_summary({'difference_findings': {'all': {'f1': 1.0}}})
