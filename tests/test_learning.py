@@ -34,6 +34,7 @@ def test_tiny_model_reads_brightness_that_encodes_the_view():
     seed_everything(0); torch.set_num_threads(1)
     cfg = get_preset('tiny').model
     cfg.change_width = 0   # φ and the decoder alone (a random change CNN in the fusion slowed this to a miss in 60 steps; it has its own learning test)
+    cfg.difference_writer = 'decoder'   # no change CNN to write difference answers from
     tok = train_bpe_tokenizer(['which view is this image taken?', 'AP view', 'PA view'] * 50, vocab_size=300)
     def make(labels, g=None):
         q = tok(['which view is this image taken?'] * len(labels), return_tensors='pt')
