@@ -342,13 +342,13 @@ class DiffVQAOutput:
 @dataclass
 class GenerationOutput:
     "What `DiffVQA.generate` returns (one row per question)."
-    ids: Tensor          # [B,T] generated token ids (eos included, then pad)
+    ids: Tensor          # [B,T] the decoder's token ids (eos included, then pad), also where `texts` were written from the readout
     texts: list[str]     # decoded answers, special tokens stripped
     M: Tensor            # [B,1,S,S] the shared mask
     U: Tensor | None     # [B,1,S,S] DINO prior (None: mask_source 'saliency')
     F: Tensor | None     # [B,1,S,S] adaptive mask (None: mask_source 'saliency')
     theta: Tensor        # [B,2,3] the registration Θ (reference grid → main image)
-    scores: Tensor       # [B] sum of log-probabilities of the chosen sequence (beam search: length-normalised)
+    scores: Tensor       # [B] sum of log-probabilities of the decoder's sequence (beam search: length-normalised)
     decoder_texts: list[str] | None  # the decoder's own answers where `texts` were written from the change readout (difference_writer 'readout'); None otherwise
 
 @dataclass

@@ -136,7 +136,7 @@ class Prediction:
     F: np.ndarray | None # float32 [S,S] learned (adaptive) mask (None: saliency run)
     theta: np.ndarray    # float32 [2,3] registration Θ = [A t] (main → reference)
     lam: float | None    # λ, the prior's weight in M (None: saliency run)
-    score: float         # log-probability of the answer (beam search: length-normalised)
+    score: float         # log-probability of the decoder's answer (beam search: length-normalised; see decoder_answer)
     main_path: str = ''  # the main image file
     ref_path: str = ''   # the reference image file
     model_path: str = '' # the model folder ('' for a model passed in memory)
