@@ -214,7 +214,7 @@ def grade_pair(readout: Tensor, # [len(CHANGE_READOUT)] σ of one finding's read
     "The most probable pair of different grades: P_ref(r) · P_main(m) · P(worsened if m > r else improved)."
     p = readout.float().tolist()
     def film(ge2: float, ge3: float) -> list[float]:  # P(grade = 1, 2[, 3]) from the ordinal outputs
-        return [max(1 - ge2, 1e-6), max(ge2 - ge3, 1e-6), max(ge3, 1e-6)][:n] if n == 3 else [max(1 - ge2, 1e-6), max(ge2, 1e-6)]
+        return [max(1 - ge2, 1e-6), max(ge2 - ge3, 1e-6), max(ge3, 1e-6)] if n == 3 else [max(1 - ge2, 1e-6), max(ge2, 1e-6)]
     main, ref = film(p[4], p[5]), film(p[6], p[7])
     pairs = [(r, m) for r in range(1, n + 1) for m in range(1, n + 1) if r != m]
     return max(pairs, key=lambda x: ref[x[0] - 1] * main[x[1] - 1] * (p[2] if x[1] > x[0] else p[3]))
@@ -770,12 +770,20 @@ def generate(self: DiffVQA,
     finally:
         self.train(was_training)
     texts = [t.strip() for t in self.tokenizer.batch_decode(ids.tolist(), skip_special_tokens=True)]
-    decoded = texts
-    if self.config.difference_writer == 'readout': texts = self.write_differences(pre, question_ids, texts)
+    decoder_texts = None
+    if self.config.difference_writer == 'readout': decoder_texts, texts = texts, self.write_differences(pre, question_ids, texts)
     p, i = pre.parts, pre.parts['pair_index']
     rows = lambda k: None if p[k] is None else p[k][i]
     return GenerationOutput(ids=ids, texts=texts, M=p['M'][i], U=rows('U'), F=rows('F'), theta=p['theta'][i], scores=scores,
-                            decoder_texts=decoded if texts is not decoded else None)
+                            decoder_texts=decoder_texts)
+
+@patch_to(DiffVQA)
+def writes_from_readout(self: DiffVQA,
+                        question: str, # the question, in any spelling
+                        has_ref: bool, # whether the pair has a reference film
+                       ) -> bool:
+    "True when this question's answer is written from the change readout: difference_writer 'readout', the whole-image difference question, two films."
+    return self.config.difference_writer == 'readout' and has_ref and normalize_question(question) == difference_question()
 
 @patch_to(DiffVQA)
 def write_differences(self: DiffVQA,
@@ -785,11 +793,11 @@ def write_differences(self: DiffVQA,
                      ) -> list[str]:
     "The whole-image difference questions' answers written from the change readout (`write_difference`); every other answer as decoded."
     qs = self.tokenizer.batch_decode(question_ids.tolist(), skip_special_tokens=True)
-    i, has_ref = pre.parts['pair_index'], pre.parts['has_ref']
-    read = torch.sigmoid(self.change.readout(pre.parts['change'][i]).float())  # [B,len(CHANGE_READOUT),F]
-    kinds = torch.sigmoid(pre.change_logits.float()).unflatten(1, (len(CHANGE_KINDS), -1))  # [B,3,F]
-    ask = difference_question()
-    return [write_difference(read[b], kinds[b], self.config.readout_threshold) if normalize_question(q) == ask and bool(has_ref[i[b]]) else t
+    i = pre.parts['pair_index']
+    has_ref = pre.parts['has_ref'][i].tolist()
+    read = torch.sigmoid(self.change.readout(pre.parts['change'][i]).float()).cpu()  # [B,len(CHANGE_READOUT),F], on the CPU once (no sync per finding)
+    kinds = torch.sigmoid(pre.change_logits.float()).unflatten(1, (len(CHANGE_KINDS), -1)).cpu()  # [B,3,F]
+    return [write_difference(read[b], kinds[b], self.config.readout_threshold) if self.writes_from_readout(q, has_ref[b]) else t
             for b, (q, t) in enumerate(zip(qs, texts))]
 
 # %% ../nbs/api/15_model.ipynb #4712ff7c

@@ -21,7 +21,7 @@ from .core import DiffVQAError, atomic_write
 from .images import CONVERSIONS, fit_image, jpeg_draft_size, mimic_cxr_jpg, stretch_to_uint8, to_gray8
 from .data import encode_questions
 from .saliency import SaliencyGeneration, answer_questions
-from .templates import difference_question, is_difference_question, normalize_question
+from .templates import is_difference_question, normalize_question
 
 # %% auto #0
 __all__ = ['MAX_PIXELS', 'DICOM_SUFFIXES', 'read_film', 'read_image', 'resize_like_cache', 'Prediction', 'mask_stats',
@@ -201,10 +201,6 @@ def question_ids(tokenizer: Any, # the model's tokenizer
 def _np(x: torch.Tensor) -> np.ndarray: return x.detach().float().cpu().numpy()
 
 # %% ../nbs/api/25_predict.ipynb #1babba02
-def _from_readout(model: Any, question: str, ref_path: Any) -> bool:
-    "True when the model writes this answer from its change readout (difference_writer 'readout', the whole-image difference question, two films)."
-    return model.config.difference_writer == 'readout' and ref_path is not None and normalize_question(question) == difference_question()
-
 def predict(run_or_model: Any, # a run folder (RUN/best is used), a save_pretrained folder, or a DiffVQA
             main_path: str | Path, # the main (later) image file
             ref_path: str | Path | None, # the reference (earlier) image file; None: a single visit (no prior study)
@@ -244,7 +240,7 @@ def predict(run_or_model: Any, # a run folder (RUN/best is used), a save_pretrai
                       theta=_np(gen.theta[0]), lam=None if two_pass else float(model.mask.lam), score=float(gen.scores[0]), saliency=sal, main_path=str(main_path), ref_path='' if ref_path is None else str(ref_path),
                       model_path=where, question_used=normalize_question(question), tokens_cut=cut,
                       conversion=dict(main=how_main, ref=how_ref, mimic_conversion=bool(mimic_conversion)),
-                      decoder_answer=gen.decoder_texts[0] if _from_readout(model, question, ref_path) else None)
+                      decoder_answer=gen.decoder_texts[0] if model.writes_from_readout(question, ref_path is not None) else None)
     if out is not None: write_prediction(pred, out)
     return pred
 
