@@ -6,7 +6,8 @@ blank films). The table gives, as mean ± standard deviation over the seeds (and
 
 * difference-finding F1 with the pair's own films, with another pair's films, with blank films;
 * exact-match accuracy of the closed question types (own / another pair's films);
-* the shared mask M (and its parts U, F) against the ground-truth change masks: pointing game (and chance), AUROC;
+* the shared mask M (and its parts U, F) against the ground-truth change masks: pointing game (and chance), AUROC,
+  with M's two controls (M against another pair's change mask; the mean training change mask, which reads no film);
 * registration against the true pose: mean corner error, the same with no registration, their ratio, det A range.
 
 It is a benchmark, not a test: it prints and writes `learning_report.json`, and asserts nothing. On 2 CPU cores the
@@ -35,7 +36,7 @@ from diffvqa.core import PretrainConfig, quiet_import_warnings
 quiet_import_warnings()  # before the imports that pull in timm and fastai
 
 from diffvqa.data import prepare
-from diffvqa.metrics import learning_summary
+from diffvqa.metrics import MASK_CONTROLS, learning_summary
 from diffvqa.evaluate import evaluate_run
 from diffvqa.pretrain import cached_pretrain
 from diffvqa.synth import synthesize
@@ -81,9 +82,10 @@ def table(results: list[dict]) -> str:
         rows += [(f'{t} accuracy, own films', [r['closed_accuracy'][t]['own'] for r in results]),
                  (f"{t} accuracy, another pair's films", [r['closed_accuracy'][t]['other'] for r in results])]
     for p in results[0].get('mask', {}):
-        rows += [(f'mask {p}: pointing game', [r['mask'][p]['pointing_game'] for r in results]),
-                 (f'mask {p}: pointing chance', [r['mask'][p]['chance_pointing_game'] for r in results]),
-                 (f'mask {p}: AUROC', [r['mask'][p]['auroc'] for r in results])]
+        name = f'mask control, {MASK_CONTROLS[p]}' if p in MASK_CONTROLS else f'mask {p}'
+        rows += [(f'{name}: pointing game', [r['mask'][p]['pointing_game'] for r in results]),
+                 (f'{name}: pointing chance', [r['mask'][p]['chance_pointing_game'] for r in results]),
+                 (f'{name}: AUROC', [r['mask'][p]['auroc'] for r in results])]
     if 'registration' in results[0]:
         for k, name in (('corner_error_px', 'registration corner error (px)'), ('corner_error_unregistered_px', 'no registration (px)'),
                         ('ratio', 'registration / none'), ('det_min', 'det A min'), ('det_max', 'det A max')):

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .core import DiffVQAError, PretrainConfig, add_config_args, apply_overrides, atomic_write, config_overrides, get_preset
-from .metrics import learning_summary
+from .metrics import MASK_CONTROLS, learning_summary
 from .templates import QUESTION_TYPES
 
 # %% auto #0
@@ -115,7 +115,10 @@ def targets_table(metrics: dict[str, Any], # from `evaluate_run`
                   f'{r["det_min"]:.3f} to {r["det_max"]:.3f} (median {r["det_median"]:.3f}).', '']
     if 'mask' in s:
         lines += ['| mask (against the change masks) | pointing game | chance | AUROC |', '|---|---|---|---|']
-        lines += [f'| {p} | {_f(v["pointing_game"])} | {_f(v["chance_pointing_game"])} | {_f(v["auroc"])} |' for p, v in s['mask'].items()]
+        lines += [f'| {MASK_CONTROLS.get(p, p)} | {_f(v["pointing_game"])} | {_f(v["chance_pointing_game"])} | {_f(v["auroc"])} |' for p, v in s['mask'].items()]
+        if any(p in MASK_CONTROLS for p in s['mask']):
+            lines += ['', 'The last two rows are controls: a mask that reads the films does better against its own pair\'s change than '
+                      'against another pair\'s, and better than the mean training change mask, which reads no film.']
     return lines
 
 def write_report(out: str | Path, # the demo folder

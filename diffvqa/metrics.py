@@ -26,11 +26,12 @@ from .core import DiffVQAError, atomic_path, atomic_write
 from .templates import CLOSED_ANSWERS, FINDINGS, QUESTION_TYPES, normalize_answer, parse_difference_answer
 
 # %% auto #0
-__all__ = ['CAPTION_METRICS', 'REQUIRED_COLUMNS', 'PUBLISHED_DIFFERENCE_RESULTS', 'COMPARISON_COLUMNS', 'ptb_tokenize',
-           'meteor_scorer', 'close_meteor', 'score_tokenized', 'caption_metrics', 'difference_scores',
+__all__ = ['CAPTION_METRICS', 'REQUIRED_COLUMNS', 'MASK_CONTROLS', 'PUBLISHED_DIFFERENCE_RESULTS', 'COMPARISON_COLUMNS',
+           'ptb_tokenize', 'meteor_scorer', 'close_meteor', 'score_tokenized', 'caption_metrics', 'difference_scores',
            'evaluate_predictions', 'dilate', 'auroc', 'localisation_scores', 'localisation_metrics',
-           'registration_metrics', 'ground_truth_metrics', 'learning_summary', 'fit_majority_baseline',
-           'majority_baseline_predictions', 'baseline_metrics', 'metrics_markdown', 'write_metrics', 'comparison_table']
+           'registration_metrics', 'ground_truth_metrics', 'mean_change_mask', 'localisation_controls',
+           'learning_summary', 'fit_majority_baseline', 'majority_baseline_predictions', 'baseline_metrics',
+           'metrics_markdown', 'write_metrics', 'comparison_table']
 
 # %% ../nbs/api/18_metrics.ipynb #754bd36a
 CAPTION_METRICS: tuple[str, ...] = ('BLEU-1', 'BLEU-2', 'BLEU-3', 'BLEU-4', 'METEOR', 'ROUGE-L', 'CIDEr')
@@ -303,7 +304,7 @@ def ground_truth_metrics(cache: Any, # the PairCache evaluated
                          maps: dict[tuple[int, int], dict[str, Any]], # from `generate_answers`
                          tolerance: int = 0, # pointing-game tolerance in pixels
                         ) -> dict[str, Any]:
-    "Localisation of M, U and F against the change masks, and registration against the true pose, where the data has them."
+    "Localisation of M, U and F against the change masks (with M's two controls), and registration against the true pose, where the data has them."
     from diffvqa.groundtruth import load_ground_truth, true_theta
     out: dict[str, Any] = {}
     gts = {k: cache.change_mask(*k) for k in maps}
@@ -312,9 +313,35 @@ def ground_truth_metrics(cache: Any, # the PairCache evaluated
         loc = lambda part: localisation_metrics([maps[k][part] for k in have], [gts[k] for k in have], tolerance=tolerance)
         out['localisation'] = loc('M')
         out['localisation_parts'] = {p: loc(p) for p in ('U', 'F') if all(p in maps[k] for k in have)}
+        out['localisation_controls'] = localisation_controls([maps[k]['M'] for k in have], [gts[k] for k in have],
+                                                             mean_change_mask(cache), tolerance)
     gt = load_ground_truth(cache)
     keys = [k for k in maps if 'theta' in maps[k] and gt is not None and k in gt.pairs.index]
     if keys: out['registration'] = registration_metrics([maps[k]['theta'] for k in keys], [true_theta(gt, *k) for k in keys], cache.size)
+    return out
+
+# %% ../nbs/api/18_metrics.ipynb #66b034ed
+MASK_CONTROLS: dict[str, str] = {  # the two controls of M's localisation, as the reports name them
+    'M_other_pair': "M scored against another pair's change mask",
+    'mean_train_mask': "the training split's mean change mask (reads no film)"}
+
+def mean_change_mask(cache: Any, # a PairCache whose data may have change masks
+                     split: str = 'train', # the split whose pairs are averaged
+                    ) -> np.ndarray | None:
+    "Pixel-wise mean of the split's change masks: [S,S] in [0,1], where changes usually lie; None when the data has none."
+    pairs = cache.select(split).drop_duplicates(['study_id', 'ref_id'])
+    masks = [m for m in (cache.change_mask(int(s), int(r)) for s, r in zip(pairs.study_id, pairs.ref_id)) if m is not None]
+    return np.mean(np.stack(masks), axis=0) if masks else None
+
+def localisation_controls(masks: Sequence[Any], # M of each evaluated pair, [H,W]
+                          gts: Sequence[Any], # the pairs' change masks, [H,W] bool, same order
+                          mean_mask: np.ndarray | None, # from `mean_change_mask` on the training split (None: skipped)
+                          tolerance: int = 0, # pointing-game tolerance in pixels
+                         ) -> dict[str, dict[str, float]]:
+    "`localisation_metrics` of M against the next pair's change mask (cyclic order) and of one mean training mask for every pair."
+    out: dict[str, dict[str, float]] = {}
+    if len(masks) >= 2: out['M_other_pair'] = localisation_metrics(masks, [*gts[1:], gts[0]], tolerance)
+    if mean_mask is not None: out['mean_train_mask'] = localisation_metrics([mean_mask] * len(gts), gts, tolerance)
     return out
 
 # %% ../nbs/api/18_metrics.ipynb #a5cd5560
@@ -331,7 +358,8 @@ def learning_summary(metrics: dict[str, Any], # from `evaluate_run` (with its co
     if 'registration' in metrics: out['registration'] = metrics['registration']
     loc = metrics.get('localisation')
     if loc: out['mask'] = {p: {k: v[k] for k in ('pointing_game', 'chance_pointing_game', 'auroc')}
-                           for p, v in [('M', loc), *metrics.get('localisation_parts', {}).items()]}
+                           for p, v in [('M', loc), *metrics.get('localisation_parts', {}).items(),
+                                        *metrics.get('localisation_controls', {}).items()]}
     return out
 
 # %% ../nbs/api/18_metrics.ipynb #b4f1bc1d
@@ -444,11 +472,12 @@ def _ground_truth_section(metrics: dict[str, Any]) -> list[str]:
     if loc:
         parts = [('M (the shared mask)', loc)] + [(f'{p} ({"DINO prior" if p == "U" else "adaptive mask"})', v)
                                                   for p, v in metrics.get('localisation_parts', {}).items()]
+        parts += [(f'control: {MASK_CONTROLS[p]}', v) for p, v in metrics.get('localisation_controls', {}).items()]
         out += ['', '## Mask localisation (synthetic ground truth)\n',
                 _table(['map', 'pairs', 'skipped (no change)', 'pointing game', 'chance', 'mass inside', 'chance', 'AUROC'],
                        [[name, v['n_pairs'], v['n_skipped_empty'], v['pointing_game'], v['chance_pointing_game'],
                          v['mass_inside'], v['chance_mass_inside'], v['auroc']] for name, v in parts]),
-                f'\nPointing-game tolerance: {loc["tolerance"]} px. Chance: a flat mask.']
+                f'\nPointing-game tolerance: {loc["tolerance"]} px. Chance: a flat mask. A mask that reads the films beats both controls.']
     if reg:
         out += ['', '## Registration against the true pose (synthetic ground truth)\n',
                 _table(['pairs', 'corner error (px)', 'no registration (px)', 'ratio', 'det A min', 'median', 'max', 'share in [0.8, 1.25]'],
