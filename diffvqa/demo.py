@@ -117,8 +117,8 @@ def targets_table(metrics: dict[str, Any], # from `evaluate_run`
         lines += ['| mask (against the change masks) | pointing game | chance | AUROC |', '|---|---|---|---|']
         lines += [f'| {MASK_CONTROLS.get(p, p)} | {_f(v["pointing_game"])} | {_f(v["chance_pointing_game"])} | {_f(v["auroc"])} |' for p, v in s['mask'].items()]
         if any(p in MASK_CONTROLS for p in s['mask']):
-            lines += ['', 'The last two rows are controls: a mask that reads the films does better against its own pair\'s change than '
-                      'against another pair\'s, and better than the mean training change mask, which reads no film.']
+            lines += ['', 'The rows after M, U and F are controls: a mask that reads the films does better against its own pair\'s change '
+                      'than against another pair\'s, and better than the mean training change mask, which reads no film.']
     return lines
 
 def write_report(out: str | Path, # the demo folder
