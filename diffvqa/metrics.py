@@ -330,8 +330,12 @@ def mean_change_mask(cache: Any, # a PairCache whose data may have change masks
                     ) -> np.ndarray | None:
     "Pixel-wise mean of the split's change masks: [S,S] in [0,1], where changes usually lie; None when the data has none."
     pairs = cache.select(split).drop_duplicates(['study_id', 'ref_id'])
-    masks = [m for m in (cache.change_mask(int(s), int(r)) for s, r in zip(pairs.study_id, pairs.ref_id)) if m is not None]
-    return np.mean(np.stack(masks), axis=0) if masks else None
+    total, n = None, 0  # a running sum: one [S,S] array in memory, not one per pair
+    for s, r in zip(pairs.study_id, pairs.ref_id):
+        m = cache.change_mask(int(s), int(r))
+        if m is None: continue
+        total, n = (m.astype(np.float64) if total is None else total + m), n + 1
+    return None if total is None else total / n
 
 def localisation_controls(masks: Sequence[Any], # M of each evaluated pair, [H,W]
                           gts: Sequence[Any], # the pairs' change masks, [H,W] bool, same order
