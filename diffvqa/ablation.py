@@ -185,24 +185,24 @@ def pair_units(predictions: pd.DataFrame, # predictions.csv of one run (predicti
     u['study_id'], u['ref_id'] = df.study_id.astype(int), df.ref_id.astype(int)
     pairs = u.groupby(['study_id', 'ref_id'], sort=True).sum().reset_index()
     pairs[['pointing', 'auroc', 'corner']] = np.nan
-    if maps: pairs[['pointing', 'auroc', 'corner']] = [_pair_truth(maps.get((s, r)), cache, s, r) for s, r in zip(pairs.study_id, pairs.ref_id)]
+    if maps:
+        from diffvqa.groundtruth import load_ground_truth
+        truth = load_ground_truth(cache)  # read once, not per pair
+        pairs[['pointing', 'auroc', 'corner']] = [_pair_truth(maps.get((s, r)), cache, truth, s, r) for s, r in zip(pairs.study_id, pairs.ref_id)]
     return pairs
 
-def _pair_truth(m: dict | None, cache: Any, study_id: int, ref_id: int) -> tuple[float, float, float]:
-    "Pointing hit and AUROC of M against the change mask, corner error (px) of Θ against the true pose; NaN where absent."
+def _pair_truth(m: dict | None, cache: Any, truth: Any, study_id: int, ref_id: int) -> tuple[float, float, float]:
+    "Pointing hit and AUROC of M against the change mask (moved onto M's reference grid), corner error (px) of Θ against the true pose; NaN where absent."
     import torch
-    from diffvqa.groundtruth import load_ground_truth, true_theta
+    from diffvqa.groundtruth import reference_change_mask, true_theta
     from diffvqa.metrics import localisation_scores
     from diffvqa.registration import corner_error
     nan = float('nan')
-    if m is None: return nan, nan, nan
-    gt = cache.change_mask(study_id, ref_id)
+    if m is None or truth is None or (study_id, ref_id) not in truth.pairs.index: return nan, nan, nan
+    gt = reference_change_mask(cache, truth, study_id, ref_id)
     loc = localisation_scores(m['M'], gt) if gt is not None else None
-    truth = load_ground_truth(cache)
-    corner = nan
-    if truth is not None and (study_id, ref_id) in truth.pairs.index:
-        t = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.float64)[None]
-        corner = float(corner_error(t(m['theta']), t(true_theta(truth, study_id, ref_id)), cache.size)[0])
+    t = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.float64)[None]
+    corner = float(corner_error(t(m['theta']), t(true_theta(truth, study_id, ref_id)), cache.size)[0])
     return (loc['pointing_game'], loc['auroc'], corner) if loc else (nan, nan, corner)
 
 # %% ../nbs/api/28_ablation.ipynb #f23d6a35

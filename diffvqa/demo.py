@@ -55,22 +55,26 @@ class DemoResult:
     seconds: dict[str, float] = field(default_factory=dict)  # wall time per step
 
 # %% ../nbs/api/27_demo.ipynb #ef8a2a95
-def _overlay_figures(out: Path, cache: Any, masks: dict, predictions: Any, n: int) -> list[tuple[str, str]]:
-    "Save mask-over-both-visits figures for up to n changed test pairs; return (caption, relative path)."
+def _overlay_figures(out: Path, cache: Any, maps: dict, predictions: Any, n: int) -> list[tuple[str, str]]:
+    "Save mask-over-both-visits figures for up to n changed test pairs (`maps`: M and Θ per pair, from the evaluation); return (caption, relative path)."
+    from diffvqa.groundtruth import load_ground_truth, reference_change_mask
     from diffvqa.visualize import show_mask_pair
+    gt = load_ground_truth(cache)
     d = predictions[predictions.question_type == 'difference'].drop_duplicates(['study_id', 'ref_id'])
     d = d[d.answer.str.strip() != 'nothing has changed.']
     q = cache.questions.drop_duplicates(['study_id', 'ref_id']).set_index(['study_id', 'ref_id'])
     figs = []
     for _, r in d.head(n).iterrows():
         key = (int(r.study_id), int(r.ref_id))
-        if key not in masks: continue
+        if key not in maps: continue
         row = q.loc[key]
         main, ref = cache.image(int(row.main_row)), cache.image(int(row.ref_row))
-        fig = show_mask_pair(main, ref, masks[key], title=f'answer: {r.answer.strip()}\nmodel: {r.prediction.strip()}')
-        gt = cache.change_mask(*key)
-        if gt is not None:
-            for ax in fig.axes[:2]: ax.contour(gt.astype(float), levels=[0.5], colors='white', linewidths=0.8)
+        fig = show_mask_pair(main, ref, maps[key]['M'], title=f'answer: {r.answer.strip()}\nmodel: {r.prediction.strip()}',
+                             theta=maps[key]['theta'])  # M over each film in that film's own frame
+        posed = gt is not None and key in gt.pairs.index
+        drawn, moved = cache.change_mask(*key), reference_change_mask(cache, gt, *key) if posed else None
+        for ax, change in zip(fig.axes[:2], (drawn, moved)):  # the change, in the frame of each panel
+            if change is not None: ax.contour(change.astype(float), levels=[0.5], colors='white', linewidths=0.8)
         rel = f'figures/mask_s{key[0]}_s{key[1]}.png'
         (out/'figures').mkdir(parents=True, exist_ok=True)
         fig.savefig(out/rel, dpi=110, bbox_inches='tight')
@@ -137,7 +141,7 @@ def write_report(out: str | Path, # the demo folder
     plot_metric_bars(m, title='test split: model (solid) vs most-frequent-answer baseline (hatched)', save=out/'figures/metrics_by_type.png')
     plot_metric_bars(m, metrics=['CIDEr'], title='CIDEr per question type', save=out/'figures/cider_by_type.png')
     plot_training_curves(run, save=out/'figures/training_curves.png')
-    overlays = _overlay_figures(out, cache, evaluation.masks, evaluation.predictions, config.n_overlays)
+    overlays = _overlay_figures(out, cache, evaluation.maps, evaluation.predictions, config.n_overlays)
     reg = _registration_figure(out, run, cache, evaluation.predictions)
     keys = ('BLEU-1', 'BLEU-4', 'METEOR', 'ROUGE-L', 'CIDEr')
     cells = lambda d: ' | '.join(f'{(d or {}).get(k, float("nan")):.3f}' for k in keys)

@@ -304,18 +304,19 @@ def ground_truth_metrics(cache: Any, # the PairCache evaluated
                          maps: dict[tuple[int, int], dict[str, Any]], # from `generate_answers`
                          tolerance: int = 0, # pointing-game tolerance in pixels
                         ) -> dict[str, Any]:
-    "Localisation of M, U and F against the change masks (with M's two controls), and registration against the true pose, where the data has them."
-    from diffvqa.groundtruth import load_ground_truth, true_theta
+    "Localisation of M, U and F against the change masks moved onto the reference grid (with M's two controls), and registration against the true pose, where the data has them."
+    from diffvqa.groundtruth import load_ground_truth, reference_change_mask, true_theta
     out: dict[str, Any] = {}
-    gts = {k: cache.change_mask(*k) for k in maps}
+    gt = load_ground_truth(cache)
+    posed = lambda k: gt is not None and k in gt.pairs.index  # the change can be put in M's frame
+    gts = {k: reference_change_mask(cache, gt, *k) if posed(k) else None for k in maps}
     have = [k for k, g in gts.items() if g is not None]
     if have:
         loc = lambda part: localisation_metrics([maps[k][part] for k in have], [gts[k] for k in have], tolerance=tolerance)
         out['localisation'] = loc('M')
         out['localisation_parts'] = {p: loc(p) for p in ('U', 'F') if all(p in maps[k] for k in have)}
         out['localisation_controls'] = localisation_controls([maps[k]['M'] for k in have], [gts[k] for k in have],
-                                                             mean_change_mask(cache), tolerance)
-    gt = load_ground_truth(cache)
+                                                             mean_change_mask(cache, gt=gt), tolerance)
     keys = [k for k in maps if 'theta' in maps[k] and gt is not None and k in gt.pairs.index]
     if keys: out['registration'] = registration_metrics([maps[k]['theta'] for k in keys], [true_theta(gt, *k) for k in keys], cache.size)
     return out
@@ -327,12 +328,16 @@ MASK_CONTROLS: dict[str, str] = {  # the two controls of M's localisation, as th
 
 def mean_change_mask(cache: Any, # a PairCache whose data may have change masks
                      split: str = 'train', # the split whose pairs are averaged
+                     gt: Any = None, # its `GroundTruth`: each mask moved onto its reference grid first (None: as drawn, main grid)
                     ) -> np.ndarray | None:
     "Pixel-wise mean of the split's change masks: [S,S] in [0,1], where changes usually lie; None when the data has none."
+    from diffvqa.groundtruth import reference_change_mask
     pairs = cache.select(split).drop_duplicates(['study_id', 'ref_id'])
     total, n = None, 0  # a running sum: one [S,S] array in memory, not one per pair
     for s, r in zip(pairs.study_id, pairs.ref_id):
-        m = cache.change_mask(int(s), int(r))
+        key = (int(s), int(r))
+        if gt is not None and key not in gt.pairs.index: continue  # no pose: not in M's frame
+        m = cache.change_mask(*key) if gt is None else reference_change_mask(cache, gt, *key)
         if m is None: continue
         total, n = (m.astype(np.float64) if total is None else total + m), n + 1
     return None if total is None else total / n
@@ -481,7 +486,8 @@ def _ground_truth_section(metrics: dict[str, Any]) -> list[str]:
                 _table(['map', 'pairs', 'skipped (no change)', 'pointing game', 'chance', 'mass inside', 'chance', 'AUROC'],
                        [[name, v['n_pairs'], v['n_skipped_empty'], v['pointing_game'], v['chance_pointing_game'],
                          v['mass_inside'], v['chance_mass_inside'], v['auroc']] for name, v in parts]),
-                f'\nPointing-game tolerance: {loc["tolerance"]} px. Chance: a flat mask. A mask that reads the films beats both controls.']
+                f'\nPointing-game tolerance: {loc["tolerance"]} px. Chance: a flat mask. Each change mask is moved onto the reference '
+                'grid by the true pose first, the frame M is made in. A mask that reads the films beats both controls.']
     if reg:
         out += ['', '## Registration against the true pose (synthetic ground truth)\n',
                 _table(['pairs', 'corner error (px)', 'no registration (px)', 'ratio', 'det A min', 'median', 'max', 'share in [0.8, 1.25]'],

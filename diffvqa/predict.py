@@ -254,7 +254,7 @@ def write_prediction(pred: Prediction, # from `predict`
     out.mkdir(parents=True, exist_ok=True)
     files = {'txt': out/'answer.txt', 'json': out/'answer.json', 'overlay': out/'overlay.png'}
     atomic_write(files['txt'], pred.answer + '\n')
-    overlay_png(pred.main, pred.ref, pred.M, files['overlay'])
+    overlay_png(pred.main, pred.ref, pred.M, files['overlay'], theta=pred.theta)
     pred.files = {k: str(v) for k, v in files.items()}
     atomic_write(files['json'], json.dumps(pred.to_dict() | {'files': pred.files}, indent=2) + '\n')
     return files

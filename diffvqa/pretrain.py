@@ -32,17 +32,17 @@ from .groundtruth import box_grid, load_ground_truth, visit_findings
 from .mask import AdaptiveMask, difference_fusion
 from .model import CHANGE_READOUT, ChangeEncoder, ImageEncoder, build_registration, grade_pair
 from .prior import DinoPrior
-from .registration import affine_from_params, corner_error, warp_affine
+from .registration import affine_from_params, corner_error, invert_theta, warp_affine
 from .lesions import CATALOGUE
 from .templates import FINDINGS
 
 # %% auto #0
 __all__ = ['CHEXPERT_LABELS', 'CHANGE_TARGETS', 'ARCH_FIELDS', 'PRETRAINED_FORMAT', 'training_films', 'holdout_mask',
            'FilmLabels', 'film_labels', 'random_thetas', 'photometric', 'GroundedHeads', 'grounded_loss', 'load_films',
-           'box_masks', 'token_targets', 'pretrain_encoder', 'invert_theta', 'pretrain_registration', 'pretrain_mask',
-           'change_pairs', 'change_targets', 'keep_readout', 'pretrain_change', 'DinoHead', 'sinkhorn_knopp',
-           'random_crops', 'pretrain_prior', 'PretrainResult', 'films_hash', 'pretrain', 'apply_pretrained',
-           'pretrain_key', 'code_hash', 'cached_pretrain', 'add_pretrain_args', 'run_pretrain']
+           'box_masks', 'token_targets', 'pretrain_encoder', 'pretrain_registration', 'pretrain_mask', 'change_pairs',
+           'change_targets', 'keep_readout', 'pretrain_change', 'DinoHead', 'sinkhorn_knopp', 'random_crops',
+           'pretrain_prior', 'PretrainResult', 'films_hash', 'pretrain', 'apply_pretrained', 'pretrain_key',
+           'code_hash', 'cached_pretrain', 'add_pretrain_args', 'run_pretrain']
 
 # %% ../nbs/api/22_pretrain.ipynb #034c4484
 def training_films(cache: PairCache, # a prepared cache
@@ -261,12 +261,6 @@ def _encoder_report(cache, films, labels, held, enc, heads, grid) -> dict:
     return out
 
 # %% ../nbs/api/22_pretrain.ipynb #98ccf05e
-def invert_theta(theta: Tensor, # [B,2,3] maps x -> A x + t
-                ) -> Tensor:
-    "The inverse maps [B,2,3]: x -> A⁻¹(x - t)."
-    Ai = torch.linalg.inv(theta[:, :, :2])
-    return torch.cat([Ai, -Ai @ theta[:, :, 2:]], dim=2)
-
 def pretrain_registration(cache: PairCache, # the prepared cache
                           films: pd.DataFrame, # from `training_films`
                           fit: np.ndarray, # indices to train on

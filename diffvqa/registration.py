@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 # %% auto #0
-__all__ = ['IDENTITY_THETA', 'RegistrationOutput', 'affine_from_params', 'AffineRegistration', 'warp_affine', 'corner_error',
-           'registration_loss', 'similarity_loss']
+__all__ = ['IDENTITY_THETA', 'RegistrationOutput', 'affine_from_params', 'AffineRegistration', 'warp_affine', 'invert_theta',
+           'corner_error', 'registration_loss', 'similarity_loss']
 
 # %% ../nbs/api/12_registration.ipynb #3bb4fe5d
 IDENTITY_THETA = (1., 0., 0., 0., 1., 0.)  # Θ = [A t] of the identity map, row-major
@@ -86,10 +86,18 @@ class AffineRegistration(nn.Module):
 
 def warp_affine(image: Tensor, # [B,C,H,W] image to warp
                 theta: Tensor, # [B,2,3] affine map from output to input coordinates
+                mode: str = 'bilinear', # 'bilinear' for films, 'nearest' for label masks (values kept exactly)
+                padding_mode: str = 'border', # what is read outside `image`: 'border' (films) or 'zeros' (masks: nothing there)
                ) -> Tensor:
-    "Sample `image` at A·x + t for every output pixel x (normalised coordinates, bilinear, border padding)."
+    "Sample `image` at A·x + t for every output pixel x (normalised coordinates, `align_corners=False`)."
     grid = F.affine_grid(theta.to(image.dtype), list(image.shape), align_corners=False)
-    return F.grid_sample(image, grid, mode='bilinear', padding_mode='border', align_corners=False)
+    return F.grid_sample(image, grid, mode=mode, padding_mode=padding_mode, align_corners=False)
+
+def invert_theta(theta: Tensor, # [B,2,3] maps x -> A x + t
+                ) -> Tensor:
+    "The inverse maps [B,2,3]: x -> A⁻¹(x - t) (e.g. from the reference grid into the main image's, for the reverse warp)."
+    Ai = torch.linalg.inv(theta[:, :, :2])
+    return torch.cat([Ai, -Ai @ theta[:, :, 2:]], dim=2)
 
 # %% ../nbs/api/12_registration.ipynb #09ca19ff
 def corner_error(theta: Tensor, # [B,2,3] a map from the reference grid into the main image (normalised coordinates)

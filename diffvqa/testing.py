@@ -52,7 +52,7 @@ def make_fake_mimic(root: str | Path, # folder to create
                     traps: bool = True, # plant the lateral-only, reversed, missing and corrupt cases
                     seed: int = 0, # controls ids, images and answers
                     jpeg_side: int | None = None, # if set, every image is about this tall (for benchmarks)
-                    ground_truth: bool = False, # also write synth-style change masks (ground_truth/pairs.jsonl)
+                    ground_truth: bool = False, # also write synth-style change masks and identity poses (ground_truth/pairs.jsonl, visits.jsonl)
                    ) -> FakeMimic:
     "Write a small Medical-Diff-VQA + MIMIC-CXR-JPG tree with known traps."
     rng = np.random.default_rng(seed)
@@ -107,13 +107,16 @@ def make_fake_mimic(root: str | Path, # folder to create
                 (root/rel).parent.mkdir(parents=True, exist_ok=True)
                 m = np.zeros((h, w), np.uint8); m[:h // 2] = 255
                 Image.fromarray(m).save(root/rel)
-                gt_rows.append(dict(study_id=main, ref_id=ref, change_mask=rel))
+                gt_rows.append(dict(study_id=main, ref_id=ref, change_mask=rel, main_to_ref=np.eye(3).tolist()))  # a stand-in pose: the identity
             f = FINDINGS[int(rng.integers(0, 8))]
             q_rows.append(dict(study_id=sids[k], subject_id=subj, ref_id=sids[k - 1], question_type='presence',
                                question=presence_question(f), answer='yes' if f in findings[k] else 'no', split=split))
             q_rows.append(dict(study_id=sids[k], subject_id=subj, ref_id=sids[k - 1], question_type='view',
                                question=view_question(0), answer='AP view' if k % 2 else 'PA view', split=split))
-    if ground_truth: (root/GT_PAIRS).write_text(''.join(json.dumps(r) + '\n' for r in gt_rows))
+    if ground_truth:
+        (root/GT_PAIRS).write_text(''.join(json.dumps(r) + '\n' for r in gt_rows))
+        visits = sorted({s for r in gt_rows for s in (r['study_id'], r['ref_id'])})  # no findings recorded, only that the visits exist
+        (root/GT_PAIRS).with_name('visits.jsonl').write_text(''.join(json.dumps(dict(study_id=s, findings=[])) + '\n' for s in visits))
     pd.DataFrame(meta_rows).to_csv(root/METADATA_CSV, index=False)
     pd.DataFrame(all_rows).to_csv(root/ALL_CSV, index=False)
     pd.DataFrame(q_rows, columns=list(QUESTION_COLUMNS)).to_csv(root/QUESTIONS_CSV, index=False)

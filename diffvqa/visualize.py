@@ -18,9 +18,9 @@ from PIL import Image
 from .core import DiffVQAError, atomic_path, read_metrics_csv
 
 # %% auto #0
-__all__ = ['DEFAULT_BAR_METRICS', 'LOSS_PREFIXES', 'to_image', 'upsample_mask', 'mask_range', 'overlay_rgb', 'overlay_pair',
-           'overlay_png', 'show_mask_pair', 'show_mask_parts', 'checkerboard', 'warp_image', 'show_registration',
-           'plot_metric_bars', 'plot_training_curves']
+__all__ = ['DEFAULT_BAR_METRICS', 'LOSS_PREFIXES', 'to_image', 'upsample_mask', 'mask_range', 'overlay_rgb', 'mask_on_main',
+           'overlay_pair', 'overlay_png', 'show_mask_pair', 'show_mask_parts', 'checkerboard', 'warp_image',
+           'show_registration', 'plot_metric_bars', 'plot_training_curves']
 
 # %% ../nbs/api/21_visualize.ipynb #362f9fbd
 def _squeeze2d(x: Any, name: str) -> np.ndarray:
@@ -84,18 +84,33 @@ def overlay_rgb(image: Any, # the gray image (see `to_image`)
     return np.round(out * 255).astype(np.uint8)
 
 # %% ../nbs/api/21_visualize.ipynb #5b064841
-def overlay_pair(main: Any, # main (later) image
+def _theta(theta: Any) -> torch.Tensor:
+    "Θ from an array or tensor of 6 numbers as float32 [1,2,3]."
+    return torch.as_tensor(np.asarray(theta.detach().cpu() if isinstance(theta, torch.Tensor) else theta), dtype=torch.float32).reshape(1, 2, 3)
+
+def mask_on_main(mask: Any, # M on the reference grid (any resolution, e.g. the token grid)
+                 theta: Any, # the pair's Θ [2,3] (reference grid -> main image, as the registration predicts it)
+                 size: tuple[int, int], # (H, W) of the main image
+                ) -> np.ndarray:
+    "float32 [H,W]: M moved from the reference grid onto the main film's own grid by Θ⁻¹ (0 where that grid does not reach)."
+    from diffvqa.registration import invert_theta, warp_affine
+    m = torch.from_numpy(upsample_mask(mask, size))[None, None]
+    return warp_affine(m, invert_theta(_theta(theta)), 'bilinear', 'zeros')[0, 0].numpy()
+
+def overlay_pair(main: Any, # main (later) image, as taken
                  ref: Any, # reference (earlier) image, same size as main
-                 mask: Any, # the shared mask M
+                 mask: Any, # the shared mask M (on the reference grid)
                  alpha: float = 0.6, # the largest opacity
                  cmap: str = 'jet', # matplotlib colour map
                  gap: int = 4, # black pixels between the two panels
+                 theta: Any | None = None, # the pair's Θ: M is drawn over main on main's own grid (None: as given)
                 ) -> np.ndarray:
-    "uint8 [H, 2W+gap, 3]: the same mask over main (left) and reference (right)."
+    "uint8 [H, 2W+gap, 3]: the same mask over main (left) and reference (right), one colour range."
     a, b = to_image(main, 'main'), to_image(ref, 'ref')
     if a.shape != b.shape: raise DiffVQAError(f'ref: shape {b.shape} differs from main {a.shape}')
     lo, hi = mask_range(mask)
-    left, right = (overlay_rgb(x, mask, alpha, cmap, lo, hi) for x in (a, b))
+    left = overlay_rgb(a, mask if theta is None else mask_on_main(mask, theta, a.shape), alpha, cmap, lo, hi)
+    right = overlay_rgb(b, mask, alpha, cmap, lo, hi)
     return np.concatenate([left, np.zeros((a.shape[0], gap, 3), np.uint8), right], axis=1)
 
 def overlay_png(main: Any, # main (later) image
@@ -104,10 +119,11 @@ def overlay_png(main: Any, # main (later) image
                 path: str | Path, # where to write the PNG
                 alpha: float = 0.6, # the largest opacity
                 cmap: str = 'jet', # matplotlib colour map
+                theta: Any | None = None, # the pair's Θ (see `overlay_pair`)
                ) -> Path:
     "Write the overlay of `mask` on both images to a PNG and return its path."
     path = Path(path)
-    with atomic_path(path) as tmp: Image.fromarray(overlay_pair(main, ref, mask, alpha, cmap)).save(tmp, format='PNG')
+    with atomic_path(path) as tmp: Image.fromarray(overlay_pair(main, ref, mask, alpha, cmap, theta=theta)).save(tmp, format='PNG')
     return path
 
 # %% ../nbs/api/21_visualize.ipynb #389d6453
@@ -131,13 +147,14 @@ def show_mask_pair(main: Any, # main (later) image
                    cmap: str = 'jet', # matplotlib colour map
                    save: str | Path | None = None, # optional PNG path
                    size: float = 3.0, # inches per panel
+                   theta: Any | None = None, # the pair's Θ: M is drawn over main on main's own grid (None: as given)
                   ) -> Figure:
     "The same mask over the main and the reference image, side by side, one colour range."
     a, b = to_image(main, 'main'), to_image(ref, 'ref')
     lo, hi = mask_range(mask)
     fig = Figure(figsize=(2 * size, size + (0.4 if title else 0)), layout='constrained')
     axs = fig.subplots(1, 2)
-    _panel(axs[0], overlay_rgb(a, mask, alpha, cmap, lo, hi), 'main')
+    _panel(axs[0], overlay_rgb(a, mask if theta is None else mask_on_main(mask, theta, a.shape), alpha, cmap, lo, hi), 'main')
     _panel(axs[1], overlay_rgb(b, mask, alpha, cmap, lo, hi), 'reference')
     if title: fig.suptitle(title, fontsize=9)
     return _save(fig, save)
@@ -179,9 +196,7 @@ def warp_image(image: Any, # the image to warp, [H,W] or [1,1,H,W]
               ) -> np.ndarray:
     "float32 [H,W]: `image` warped by Θ exactly as the model's registration does."
     from diffvqa.registration import warp_affine
-    img = torch.from_numpy(to_image(image))[None, None]
-    th = torch.as_tensor(np.asarray(theta.detach().cpu() if isinstance(theta, torch.Tensor) else theta), dtype=torch.float32).reshape(1, 2, 3)
-    return warp_affine(img, th)[0, 0].numpy()
+    return warp_affine(torch.from_numpy(to_image(image))[None, None], _theta(theta))[0, 0].numpy()
 
 def show_registration(main: Any, # the main image before registration
                       ref: Any, # the reference image
