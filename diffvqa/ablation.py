@@ -194,7 +194,8 @@ def pair_units(predictions: pd.DataFrame, # predictions.csv of one run (predicti
 def _pair_truth(m: dict | None, cache: Any, truth: Any, study_id: int, ref_id: int) -> tuple[float, float, float]:
     "Pointing hit and AUROC of M against the change mask (moved onto M's reference grid), corner error (px) of Θ against the true pose; NaN where absent."
     import torch
-    from diffvqa.groundtruth import reference_change_mask, true_theta
+    from diffvqa.groundtruth import true_theta
+    from diffvqa.registration import reference_change_mask
     from diffvqa.metrics import localisation_scores
     from diffvqa.registration import corner_error
     nan = float('nan')

@@ -57,7 +57,8 @@ class DemoResult:
 # %% ../nbs/api/27_demo.ipynb #ef8a2a95
 def _overlay_figures(out: Path, cache: Any, maps: dict, predictions: Any, n: int) -> list[tuple[str, str]]:
     "Save mask-over-both-visits figures for up to n changed test pairs (`maps`: M and Θ per pair, from the evaluation); return (caption, relative path)."
-    from diffvqa.groundtruth import load_ground_truth, reference_change_mask
+    from diffvqa.groundtruth import load_ground_truth
+    from diffvqa.registration import reference_change_mask
     from diffvqa.visualize import show_mask_pair
     gt = load_ground_truth(cache)
     d = predictions[predictions.question_type == 'difference'].drop_duplicates(['study_id', 'ref_id'])

@@ -16,7 +16,7 @@ import pandas as pd
 from .core import DiffVQAError
 
 # %% auto #0
-__all__ = ['cache_frame', 'GroundTruth', 'load_ground_truth', 'true_theta', 'visit_findings', 'box_grid', 'reference_change_mask']
+__all__ = ['cache_frame', 'GroundTruth', 'load_ground_truth', 'true_theta', 'visit_findings', 'box_grid']
 
 # %% ../nbs/api/11_groundtruth.ipynb #267c7fd2
 def cache_frame(h: int, # original image rows
@@ -113,17 +113,3 @@ def box_grid(boxes: list[list[int] | None], # boxes [x0, y0, x1, y1] in cache pi
         ox = np.clip(np.minimum(xs[1:], b[2] + 1) - np.maximum(xs[:-1], b[0]), 0, None) / (size / w)
         out[i] = (oy[:, None] * ox[None, :]) >= min_cover
     return out
-
-# %% ../nbs/api/11_groundtruth.ipynb #dc75ae68
-def reference_change_mask(cache: Any, # the PairCache (`change_mask` gives the mask on the main image's grid)
-                          gt: GroundTruth, # from `load_ground_truth` (the true pose)
-                          study_id: int, # main study
-                          ref_id: int, # reference study
-                         ) -> np.ndarray | None:
-    "The pair's change mask moved onto the reference grid by the true pose, where M lives: [S,S] bool; None without a mask."
-    import torch
-    from diffvqa.registration import warp_affine
-    m = cache.change_mask(int(study_id), int(ref_id))
-    if m is None: return None
-    th = torch.as_tensor(true_theta(gt, study_id, ref_id), dtype=torch.float32)[None]
-    return warp_affine(torch.from_numpy(m.astype(np.float32))[None, None], th, 'nearest', 'zeros')[0, 0].numpy() > 0.5

@@ -305,7 +305,8 @@ def ground_truth_metrics(cache: Any, # the PairCache evaluated
                          tolerance: int = 0, # pointing-game tolerance in pixels
                         ) -> dict[str, Any]:
     "Localisation of M, U and F against the change masks moved onto the reference grid (with M's two controls), and registration against the true pose, where the data has them."
-    from diffvqa.groundtruth import load_ground_truth, reference_change_mask, true_theta
+    from diffvqa.groundtruth import load_ground_truth, true_theta
+    from diffvqa.registration import reference_change_mask
     out: dict[str, Any] = {}
     gt = load_ground_truth(cache)
     posed = lambda k: gt is not None and k in gt.pairs.index  # the change can be put in M's frame
@@ -331,7 +332,7 @@ def mean_change_mask(cache: Any, # a PairCache whose data may have change masks
                      gt: Any = None, # its `GroundTruth`: each mask moved onto its reference grid first (None: as drawn, main grid)
                     ) -> np.ndarray | None:
     "Pixel-wise mean of the split's change masks: [S,S] in [0,1], where changes usually lie; None when the data has none."
-    from diffvqa.groundtruth import reference_change_mask
+    from diffvqa.registration import reference_change_mask
     pairs = cache.select(split).drop_duplicates(['study_id', 'ref_id'])
     total, n = None, 0  # a running sum: one [S,S] array in memory, not one per pair
     for s, r in zip(pairs.study_id, pairs.ref_id):

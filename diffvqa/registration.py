@@ -7,13 +7,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from typing import Any
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .groundtruth import GroundTruth, true_theta
+
 # %% auto #0
 __all__ = ['IDENTITY_THETA', 'RegistrationOutput', 'affine_from_params', 'AffineRegistration', 'warp_affine', 'invert_theta',
-           'corner_error', 'registration_loss', 'similarity_loss']
+           'corner_error', 'reference_change_mask', 'registration_loss', 'similarity_loss']
 
 # %% ../nbs/api/12_registration.ipynb #3bb4fe5d
 IDENTITY_THETA = (1., 0., 0., 0., 1., 0.)  # Θ = [A t] of the identity map, row-major
@@ -113,6 +118,18 @@ def corner_error(theta: Tensor, # [B,2,3] a map from the reference grid into the
         corners = torch.tensor([[-c, -c], [c, -c], [-c, c], [c, c]], dtype=theta.dtype, device=theta.device).expand(len(theta), 4, 2)
     move = lambda th: corners @ th[:, :, :2].transpose(1, 2) + th[:, None, :, 2]
     return (move(theta) - move(true_theta)).norm(dim=-1).mean(-1) * size / 2
+
+# %% ../nbs/api/12_registration.ipynb #dc75ae68
+def reference_change_mask(cache: Any, # the PairCache (`change_mask` gives the mask on the main image's grid)
+                          gt: GroundTruth, # from `groundtruth.load_ground_truth` (the true pose)
+                          study_id: int, # main study
+                          ref_id: int, # reference study
+                         ) -> np.ndarray | None:
+    "The pair's change mask moved onto the reference grid by the true pose, where M lives: [S,S] bool; None without a mask."
+    m = cache.change_mask(int(study_id), int(ref_id))
+    if m is None: return None
+    th = torch.as_tensor(true_theta(gt, study_id, ref_id), dtype=torch.float32)[None]
+    return warp_affine(torch.from_numpy(m.astype(np.float32))[None, None], th, 'nearest', 'zeros')[0, 0].numpy() > 0.5
 
 # %% ../nbs/api/12_registration.ipynb #4d815378
 def registration_loss(theta: Tensor, # [B,2,3] predicted Θ = [A t]
