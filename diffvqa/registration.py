@@ -14,8 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .groundtruth import GroundTruth, true_theta
-
 # %% auto #0
 __all__ = ['IDENTITY_THETA', 'RegistrationOutput', 'affine_from_params', 'AffineRegistration', 'warp_affine', 'invert_theta',
            'corner_error', 'reference_change_mask', 'registration_loss', 'similarity_loss']
@@ -121,11 +119,12 @@ def corner_error(theta: Tensor, # [B,2,3] a map from the reference grid into the
 
 # %% ../nbs/api/12_registration.ipynb #dc75ae68
 def reference_change_mask(cache: Any, # the PairCache (`change_mask` gives the mask on the main image's grid)
-                          gt: GroundTruth, # from `groundtruth.load_ground_truth` (the true pose)
+                          gt: Any, # the `GroundTruth` from `groundtruth.load_ground_truth` (the true pose)
                           study_id: int, # main study
                           ref_id: int, # reference study
                          ) -> np.ndarray | None:
     "The pair's change mask moved onto the reference grid by the true pose, where M lives: [S,S] bool; None without a mask."
+    from diffvqa.groundtruth import true_theta  # lazily: the loss modules import this one and stay free of pandas
     m = cache.change_mask(int(study_id), int(ref_id))
     if m is None: return None
     th = torch.as_tensor(true_theta(gt, study_id, ref_id), dtype=torch.float32)[None]
