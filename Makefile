@@ -11,7 +11,7 @@ export PYTHONHASHSEED := 0
 .PHONY: install _install demo test export
 
 # Reinstall only when pyproject.toml's content changes (a hash, not its mtime: nbdev rewrites the file unchanged),
-# so a second `make install` does nothing.
+# so a second `make install` does nothing. --no-compile: modules are byte-compiled when first imported, not all at install.
 install:
 	@want=$$(sha256sum pyproject.toml | cut -d' ' -f1); \
 	if [ -x $(PY) ] && [ "$$(cat $(STAMP) 2>/dev/null)" = "$$want" ]; then echo "make install: up to date"; \
@@ -20,8 +20,8 @@ install:
 _install:
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q "torch==2.14.1" "torchvision==0.29.1"
-	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q --no-compile "torch==2.14.1" "torchvision==0.29.1"
+	$(PIP) install -q --no-compile -e ".[dev]"
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 
 demo: install
