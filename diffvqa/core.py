@@ -31,7 +31,7 @@ __all__ = ['DIFFERENCE_WRITERS', 'SALIENCY_VARIANT', 'PRESETS', 'DiffVQAError', 
            'quiet_weight_loading', 'quiet_import_warnings', 'atomic_dir', 'write_metrics_csv', 'read_metrics_csv',
            'ModelConfig', 'LossConfig', 'TrainConfig', 'PretrainConfig', 'ExperimentConfig', 'saliency_variant',
            'get_preset', 'config_to_dict', 'config_to_json', 'config_from_json', 'add_config_args', 'config_overrides',
-           'apply_overrides', 'seed_everything', 'package_versions', 'git_commit', 'make_run_dir']
+           'apply_overrides', 'seed_everything', 'machine_info', 'package_versions', 'git_commit', 'make_run_dir']
 
 # %% ../nbs/api/00_core.ipynb #830513af
 class DiffVQAError(Exception):
@@ -405,15 +405,19 @@ def _cpu_model() -> str | None:
     except OSError: pass
     return platform.processor() or None
 
+def machine_info() -> dict[str, str | int | None]:
+    "The CPU, the vector instructions torch uses on it ('AVX2', 'AVX512', ...) and torch's threads: CPU results differ between instruction sets in the last digits."
+    return {'cpu': _cpu_model(), 'cpu_capability': torch.backends.cpu.get_cpu_capability(), 'torch_threads': torch.get_num_threads()}
+
 def package_versions() -> dict[str, str | int | None]:
-    "Versions of Python, the platform and the packages a result depends on; the CPU, the vector instructions torch uses on it and its threads (CPU results differ between instruction sets in the last digits)."
+    "Versions of Python, the platform and the packages a result depends on, with `machine_info`."
     from importlib.metadata import version, PackageNotFoundError
-    out: dict[str, str | None] = {'python': sys.version.split()[0], 'platform': platform.platform()}
+    out: dict[str, str | int | None] = {'python': sys.version.split()[0], 'platform': platform.platform()}
     for p in _PACKAGES:
         try: out[p] = version(p)
         except PackageNotFoundError: out[p] = None
     out['cuda'] = torch.version.cuda if torch.cuda.is_available() else None
-    out |= {'cpu': _cpu_model(), 'cpu_capability': torch.backends.cpu.get_cpu_capability(), 'torch_threads': torch.get_num_threads()}
+    out |= machine_info()
     return out
 
 def git_commit(path: str | Path = '.', # a folder inside the checkout

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .core import DiffVQAError, PretrainConfig, add_config_args, apply_overrides, atomic_write, config_overrides, get_preset, package_versions
+from .core import DiffVQAError, PretrainConfig, add_config_args, apply_overrides, atomic_write, config_overrides, get_preset, machine_info
 from .metrics import MASK_CONTROLS, learning_summary
 from .templates import QUESTION_TYPES
 
@@ -214,7 +214,7 @@ def demo(out: str | Path = 'demo_out', # folder for data, cache, run, evaluation
     info = json.loads((Path(pre)/'pretrained.json').read_text())
     summary = dict(pairs=cfg.n_pairs, questions={s: int((pc.questions.split == s).sum()) for s in ('train', 'val', 'test')},
                    best_epoch=res.best_epoch, best_val_cider=res.best_cider, pretrained=str(pre), pretrain_reused=reused,
-                   pretrain_report=info['report'], machine={k: v for k, v in package_versions().items() if k in ('cpu', 'cpu_capability', 'torch_threads')})
+                   pretrain_report=info['report'], machine=machine_info())
     report = write_report(out, out/'run', pc, ev, seconds | {'report': 0.0}, cfg, summary)
     done('report')
     atomic_write(report, report.read_text().replace('| report | 0 |', f'| report | {seconds["report"]:.0f} |'))
