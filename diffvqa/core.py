@@ -235,6 +235,7 @@ class PretrainConfig:
     w_view: float = 1.0           # weight of the view (PA/AP) term
     w_findings: float = 1.0       # weight of the per-film findings term
     w_grounding: float = 1.0      # weight of the per-token box term (where boxes exist)
+    w_prior_map: float = 3.0      # weight of the prior's map term: its class-token/patch cosine map (what U is) trained towards the film's finding boxes (0: off)
     prior_lr: float = 5e-4        # peak AdamW learning rate of the DINO student
     prior_prototypes: int = 256   # DINO head outputs (prototypes)
     prior_local_crops: int = 2    # small crops per film for the student (besides two large ones)

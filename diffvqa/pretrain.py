@@ -37,12 +37,13 @@ from .lesions import CATALOGUE
 from .templates import FINDINGS
 
 # %% auto #0
-__all__ = ['CHEXPERT_LABELS', 'CHANGE_TARGETS', 'ARCH_FIELDS', 'PRETRAINED_FORMAT', 'training_films', 'holdout_mask',
-           'FilmLabels', 'film_labels', 'random_thetas', 'photometric', 'GroundedHeads', 'grounded_loss', 'load_films',
-           'box_masks', 'token_targets', 'pretrain_encoder', 'pretrain_registration', 'pretrain_mask', 'change_pairs',
-           'change_targets', 'keep_readout', 'pretrain_change', 'DinoHead', 'sinkhorn_knopp', 'random_crops',
-           'pretrain_prior', 'PretrainResult', 'films_hash', 'pretrain', 'apply_pretrained', 'pretrain_key',
-           'code_hash', 'cached_pretrain', 'add_pretrain_args', 'run_pretrain']
+__all__ = ['CHEXPERT_LABELS', 'CHANGE_TARGETS', 'PRIOR_MAP_SCALE', 'ARCH_FIELDS', 'PRETRAINED_FORMAT', 'training_films',
+           'holdout_mask', 'FilmLabels', 'film_labels', 'random_thetas', 'photometric', 'GroundedHeads',
+           'grounded_loss', 'load_films', 'box_masks', 'token_targets', 'pretrain_encoder', 'pretrain_registration',
+           'pretrain_mask', 'change_pairs', 'change_targets', 'keep_readout', 'pretrain_change', 'DinoHead',
+           'sinkhorn_knopp', 'random_crops', 'prior_map_loss', 'pretrain_prior', 'PretrainResult', 'films_hash',
+           'pretrain', 'apply_pretrained', 'pretrain_key', 'code_hash', 'cached_pretrain', 'add_pretrain_args',
+           'run_pretrain']
 
 # %% ../nbs/api/22_pretrain.ipynb #034c4484
 def training_films(cache: PairCache, # a prepared cache
@@ -467,6 +468,18 @@ def random_crops(x: Tensor, # [B,1,S,S] films
     return F.grid_sample(x, F.affine_grid(th, [B, 1, out, out], align_corners=False), align_corners=False, padding_mode='border')
 
 # %% ../nbs/api/22_pretrain.ipynb #4f087247
+PRIOR_MAP_SCALE = 10.0  # cosine similarity × this = the map term's logit (a cosine spans only [-1, 1])
+
+def prior_map_loss(cls: Tensor, # [B,D] class tokens of the prior
+                   patches: Tensor, # [B,N,D] its patch tokens
+                   boxes: Tensor, # [B,N] 1 where any finding's box covers the token, else 0
+                   bias: Tensor, # [1] a learned offset of the logits
+                   scale: float = PRIOR_MAP_SCALE, # logit per unit of cosine
+                  ) -> Tensor: # scalar: mean binary cross-entropy over the tokens
+    "BCE of `scale`·cos(patch, class token) + `bias` against the box mask: trains the very map U is made of (`cls_patch_attention`) to rise on findings."
+    s = F.cosine_similarity(patches.float(), cls.float()[:, None, :], dim=-1)  # [B,N]
+    return F.binary_cross_entropy_with_logits(scale * s + bias, boxes.float())
+
 def _prior_backbone(mcfg: ModelConfig) -> tuple[Dinov2Model, DinoPrior]:
     "A random Dinov2 of the preset's shape (trainable) and a DinoPrior around it for its preprocessing."
     backbone = Dinov2Model(Dinov2Config(**mcfg.prior_kwargs))
@@ -475,12 +488,12 @@ def _prior_backbone(mcfg: ModelConfig) -> tuple[Dinov2Model, DinoPrior]:
     return backbone.train(), wrap
 
 def _prior_grounded(backbone, wrap, cache, films, labels, fit, cfg, progress) -> dict:
-    "The warm start: class token → view + findings, patch tokens → boxes."
+    "The warm start: class token → view + findings, patch tokens → boxes, and their cosine map → the boxes of any finding."
     H, side = backbone.config.hidden_size, wrap.image_size // wrap.patch_size
     Fn = len(labels.vocabulary)
-    film, token = nn.Linear(H, 2 + Fn), nn.Linear(H, Fn)
+    film, token, bias = nn.Linear(H, 2 + Fn), nn.Linear(H, Fn), nn.Parameter(torch.zeros(1))
     g = torch.Generator().manual_seed(cfg.seed + 3)
-    params = list(backbone.parameters()) + list(film.parameters()) + list(token.parameters())
+    params = list(backbone.parameters()) + list(film.parameters()) + list(token.parameters()) + [bias]
     opt, sched = _optimizer(params, cfg, cfg.lr, cfg.prior_grounded_epochs * max(1, len(fit) // cfg.bs))
     rows, view, Y, last = films.row.to_numpy(), torch.from_numpy(labels.view), torch.from_numpy(labels.findings), {}
     for ep, step, total, b in _epochs(fit, cfg.bs, cfg.prior_grounded_epochs, cfg.seed + 3, 'pretrain: prior (grounded)', progress):
@@ -490,7 +503,11 @@ def _prior_grounded(backbone, wrap, cache, films, labels, fit, cfg, progress) ->
         tgt = token_targets(warp_affine(box_masks(boxes, Fn, cache.size), th), (side, side))
         h = backbone(pixel_values=wrap.preprocess(x)).last_hidden_state
         o = film(h[:, 0])
-        loss, last = grounded_loss(o[:, :2], o[:, 2:], token(h[:, 1:]), view[b], Y[b], tgt, torch.tensor([len(x) > 0 for x in boxes]), cfg)
+        has = torch.tensor([len(x) > 0 for x in boxes])
+        loss, last = grounded_loss(o[:, :2], o[:, 2:], token(h[:, 1:]), view[b], Y[b], tgt, has, cfg)
+        if cfg.w_prior_map and has.any() and Fn:
+            t_map = prior_map_loss(h[has, 0], h[has, 1:], tgt[has].amax(-1), bias)
+            loss, last = loss + cfg.w_prior_map * t_map, last | dict(map=float(t_map.detach()))
         opt.zero_grad(); loss.backward(); opt.step(); sched.step()
     return last
 
