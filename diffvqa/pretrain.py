@@ -487,11 +487,22 @@ def _prior_backbone(mcfg: ModelConfig) -> tuple[Dinov2Model, DinoPrior]:
     for p in backbone.parameters(): p.requires_grad_(True)
     return backbone.train(), wrap
 
-def _prior_grounded(backbone, wrap, cache, films, labels, fit, cfg, progress) -> dict:
+def _map_term(net, wrap, x, labels, b, g, bias) -> Tensor | None:
+    "`prior_map_loss` of `net` on films x (rows b of `labels`) under one random warp each; None when no film has a box."
+    boxes = [labels.boxes[i] for i in b]
+    has = torch.tensor([len(x_) > 0 for x_ in boxes])
+    if not has.any() or not labels.vocabulary: return None
+    th = random_thetas(len(b), g)
+    side = wrap.image_size // wrap.patch_size
+    tgt = token_targets(warp_affine(box_masks(boxes, len(labels.vocabulary), x.shape[-1]), th), (side, side)).amax(-1)
+    h = net(pixel_values=wrap.preprocess(photometric(warp_affine(x[has], th[has]), g))).last_hidden_state
+    return prior_map_loss(h[:, 0], h[:, 1:], tgt[has], bias)
+
+def _prior_grounded(backbone, wrap, cache, films, labels, fit, cfg, progress, bias) -> dict:
     "The warm start: class token → view + findings, patch tokens → boxes, and their cosine map → the boxes of any finding."
     H, side = backbone.config.hidden_size, wrap.image_size // wrap.patch_size
     Fn = len(labels.vocabulary)
-    film, token, bias = nn.Linear(H, 2 + Fn), nn.Linear(H, Fn), nn.Parameter(torch.zeros(1))
+    film, token = nn.Linear(H, 2 + Fn), nn.Linear(H, Fn)
     g = torch.Generator().manual_seed(cfg.seed + 3)
     params = list(backbone.parameters()) + list(film.parameters()) + list(token.parameters()) + [bias]
     opt, sched = _optimizer(params, cfg, cfg.lr, cfg.prior_grounded_epochs * max(1, len(fit) // cfg.bs))
@@ -511,14 +522,14 @@ def _prior_grounded(backbone, wrap, cache, films, labels, fit, cfg, progress) ->
         opt.zero_grad(); loss.backward(); opt.step(); sched.step()
     return last
 
-def _prior_dino(backbone, wrap, cache, films, fit, cfg, progress) -> dict:
-    "DINO self-distillation with Sinkhorn-Knopp targets; returns the teacher's state in `backbone` and a report."
+def _prior_dino(backbone, wrap, cache, films, labels, fit, cfg, progress, bias) -> dict:
+    "DINO self-distillation with Sinkhorn-Knopp targets, plus the map term on the student; returns the teacher's state in `backbone` and a report."
     student, head = backbone, DinoHead(backbone.config.hidden_size, cfg.prior_prototypes)
     teacher, t_head = copy.deepcopy(student).requires_grad_(False), copy.deepcopy(head).requires_grad_(False)
-    params = [p for p in list(student.parameters()) + list(head.parameters()) if p.requires_grad]
+    params = [p for p in list(student.parameters()) + list(head.parameters()) if p.requires_grad] + [bias]
     steps = cfg.epochs_prior * max(1, len(fit) // cfg.bs)
     opt, sched = _optimizer(params, cfg, cfg.prior_lr, steps)
-    g, rows, size, losses = torch.Generator().manual_seed(cfg.seed + 4), films.row.to_numpy(), wrap.image_size, []
+    g, rows, size, losses, maps = torch.Generator().manual_seed(cfg.seed + 4), films.row.to_numpy(), wrap.image_size, [], []
     cls = lambda net, x: net(pixel_values=wrap.preprocess(x) if x.shape[-1] == size else _standardised(x, wrap)).last_hidden_state[:, 0]
     for ep, step, total, b in _epochs(fit, cfg.bs, cfg.epochs_prior, cfg.seed + 4, 'pretrain: prior (DINO)', progress):
         x = load_films(cache, rows[b])
@@ -528,16 +539,19 @@ def _prior_dino(backbone, wrap, cache, films, fit, cfg, progress) -> dict:
         outs = [F.log_softmax(head(cls(student, v)) / 0.1, -1) for v in big + small]
         pairs = [(t, s) for ti, t in enumerate(targets) for si, s in enumerate(outs) if si != ti]
         loss = sum(-(t * s).sum(-1).mean() for t, s in pairs) / len(pairs)
+        losses.append(float(loss.detach()))
+        t_map = _map_term(student, wrap, x, labels, b, g, bias) if cfg.w_prior_map else None
+        if t_map is not None: loss = loss + cfg.w_prior_map * t_map; maps.append(float(t_map.detach()))
         opt.zero_grad(); loss.backward(); torch.nn.utils.clip_grad_norm_(params, 3.0); opt.step(); sched.step()
         m = 1 - (1 - cfg.prior_momentum) * (math.cos(math.pi * step / max(1, total)) + 1) / 2
         with torch.no_grad():
             for a, b_ in zip(list(teacher.parameters()) + list(t_head.parameters()), list(student.parameters()) + list(head.parameters())):
                 a.mul_(m).add_(b_.detach(), alpha=1 - m)
-        losses.append(float(loss.detach()))
     backbone.load_state_dict(teacher.state_dict())
     k = max(1, len(losses) // 10)
     return dict(dino_loss_first=float(np.mean(losses[:k])) if losses else float('nan'),
-                dino_loss_last=float(np.mean(losses[-k:])) if losses else float('nan'), uniform_loss=math.log(cfg.prior_prototypes))
+                dino_loss_last=float(np.mean(losses[-k:])) if losses else float('nan'), uniform_loss=math.log(cfg.prior_prototypes),
+                map_last=float(np.mean(maps[-k:])) if maps else float('nan'))
 
 def _standardised(x: Tensor, wrap: DinoPrior) -> Tensor:
     "A small crop as the ViT reads it (three channels, normalised like `DinoPrior.preprocess`) at its own size."
@@ -553,11 +567,12 @@ def pretrain_prior(cache: PairCache, # the prepared cache
                    cfg: PretrainConfig, # epochs, lr, DINO settings
                    progress: bool = True, # progress bars
                   ) -> tuple[Dinov2Model, dict]:
-    "The tiny prior: grounded warm start, then DINO self-distillation; the teacher's weights as a Dinov2Model."
+    "The tiny prior: grounded warm start, then DINO self-distillation (both with the map term); the teacher's weights as a Dinov2Model."
     torch.manual_seed(cfg.seed + 2)
     backbone, wrap = _prior_backbone(mcfg)
-    report = dict(grounded_terms=_prior_grounded(backbone, wrap, cache, films, labels, fit, cfg, progress) if cfg.prior_grounded_epochs else {})
-    if cfg.epochs_prior: report |= _prior_dino(backbone, wrap, cache, films, fit, cfg, progress)
+    bias = nn.Parameter(torch.zeros(1))  # the map term's logit offset, one for both stages
+    report = dict(grounded_terms=_prior_grounded(backbone, wrap, cache, films, labels, fit, cfg, progress, bias) if cfg.prior_grounded_epochs else {})
+    if cfg.epochs_prior: report |= _prior_dino(backbone, wrap, cache, films, labels, fit, cfg, progress, bias)
     return backbone.eval().requires_grad_(False), report
 
 # %% ../nbs/api/22_pretrain.ipynb #b235b30f
