@@ -60,6 +60,7 @@ def run_seed(cache: Path, work: Path, seed: int, args: argparse.Namespace) -> di
     s = learning_summary(ev.metrics)
     s['cider_difference'] = ev.metrics['headline'].get('CIDEr')
     s['seconds'] = dict(pretrain=round(t1 - t0, 1), pretrain_reused=reused, train=round(t2 - t1, 1), evaluate=round(time.time() - t2, 1))
+    s['pretrain_precision'] = json.loads((pre/'pretrained.json').read_text()).get('precision', 'float32')
     return s
 
 
@@ -115,7 +116,7 @@ def main() -> None:
     results = []
     for seed in args.seeds:
         results.append(run_seed(work/'cache', work, seed, args))
-        print(f'seed {seed}: ' + json.dumps({k: results[-1][k] for k in ('difference_f1', 'seconds')}), flush=True)
+        print(f'seed {seed}: ' + json.dumps({k: results[-1][k] for k in ('difference_f1', 'seconds', 'pretrain_precision')}), flush=True)
     out = dict(args={k: str(v) for k, v in vars(args).items()}, seconds_data=round(t_data, 1),
                seconds_total=round(time.time() - t0, 1), results=results)
     (work/'learning_report.json').write_text(json.dumps(out, indent=1, default=float))

@@ -5,6 +5,7 @@
 # %% ../nbs/api/22_pretrain.ipynb #5cd8fd6b
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import itertools
@@ -37,13 +38,13 @@ from .lesions import CATALOGUE
 from .templates import FINDINGS
 
 # %% auto #0
-__all__ = ['CHEXPERT_LABELS', 'CHANGE_TARGETS', 'PRIOR_MAP_SCALE', 'ARCH_FIELDS', 'PRETRAINED_FORMAT', 'training_films',
-           'holdout_mask', 'FilmLabels', 'film_labels', 'random_thetas', 'photometric', 'GroundedHeads',
-           'grounded_loss', 'load_films', 'box_masks', 'token_targets', 'pretrain_encoder', 'pretrain_registration',
-           'pretrain_mask', 'change_pairs', 'change_targets', 'keep_readout', 'pretrain_change', 'DinoHead',
-           'sinkhorn_knopp', 'random_crops', 'prior_map_loss', 'pretrain_prior', 'PretrainResult', 'films_hash',
-           'pretrain', 'apply_pretrained', 'pretrain_key', 'code_hash', 'cached_pretrain', 'add_pretrain_args',
-           'run_pretrain']
+__all__ = ['CHEXPERT_LABELS', 'PRECISIONS', 'CHANGE_TARGETS', 'PRIOR_MAP_SCALE', 'ARCH_FIELDS', 'PRETRAINED_FORMAT',
+           'training_films', 'holdout_mask', 'FilmLabels', 'film_labels', 'random_thetas', 'photometric',
+           'GroundedHeads', 'grounded_loss', 'load_films', 'box_masks', 'token_targets', 'cpu_has_bf16',
+           'pretrain_precision', 'step_autocast', 'pretrain_encoder', 'pretrain_registration', 'pretrain_mask',
+           'change_pairs', 'change_targets', 'keep_readout', 'pretrain_change', 'DinoHead', 'sinkhorn_knopp',
+           'random_crops', 'prior_map_loss', 'pretrain_prior', 'PretrainResult', 'films_hash', 'pretrain',
+           'apply_pretrained', 'pretrain_key', 'code_hash', 'cached_pretrain', 'add_pretrain_args', 'run_pretrain']
 
 # %% ../nbs/api/22_pretrain.ipynb #034c4484
 def training_films(cache: PairCache, # a prepared cache
@@ -210,6 +211,24 @@ def _optimizer(params: list, cfg: PretrainConfig, lr: float, steps: int) -> tupl
     if steps < 10: return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
     return opt, torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
 
+PRECISIONS: tuple[str, ...] = ('bf16', 'no')  # PretrainConfig.mixed_precision
+
+def cpu_has_bf16() -> bool:
+    "True when this CPU multiplies bfloat16 in hardware (AMX tiles or AVX512-BF16), where autocast pays; False elsewhere."
+    probes = ('_is_amx_tile_supported', '_is_avx512_bf16_supported')
+    return any(bool(getattr(torch.cpu, p, lambda: False)()) for p in probes)
+
+def pretrain_precision(cfg: PretrainConfig) -> str:
+    "The number format pretraining's image-encoder and change-CNN steps use here: 'bf16' or 'float32'; a bad setting is one line."
+    if cfg.mixed_precision not in PRECISIONS:
+        raise DiffVQAError(f'--mixed-precision: {cfg.mixed_precision!r} is not one of {", ".join(PRECISIONS)}')
+    return 'bf16' if cfg.mixed_precision == 'bf16' and cpu_has_bf16() else 'float32'
+
+def step_autocast(cfg: PretrainConfig) -> contextlib.AbstractContextManager:
+    "bfloat16 autocast (CPU) around a forward pass when `pretrain_precision` says so; else nothing. Losses stay outside it, in float32."
+    if pretrain_precision(cfg) == 'bf16': return torch.autocast('cpu', dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
 def _decoder_width(mcfg: ModelConfig) -> int:
     "The width of the model's decoder (its summary token's width)."
     return int(mcfg.decoder_kwargs.get('n_embd', 768)) if mcfg.decoder is None else 768
@@ -239,8 +258,8 @@ def pretrain_encoder(cache: PairCache, # the prepared cache
         x = photometric(warp_affine(load_films(cache, rows[b]), th), g)
         boxes = [labels.boxes[i] for i in b]
         tgt = token_targets(warp_affine(box_masks(boxes, Fn, cache.size), th), grid)
-        f, _ = enc(x)
-        loss, last = grounded_loss(*heads(f), view[b], Y[b], tgt, torch.tensor([len(x) > 0 for x in boxes]), cfg)
+        with step_autocast(cfg): out = heads(enc(x)[0])
+        loss, last = grounded_loss(*(o.float() for o in out), view[b], Y[b], tgt, torch.tensor([len(x) > 0 for x in boxes]), cfg)
         opt.zero_grad(); loss.backward(); opt.step(); sched.step()
     return enc.eval(), heads.eval(), dict(train_terms=last, **_encoder_report(cache, films, labels, held, enc, heads, grid))
 
@@ -413,7 +432,9 @@ def pretrain_change(cache: PairCache, # the prepared cache
     opt, sched = _optimizer(list(net.parameters()) + list(head.parameters()), cfg, cfg.lr, cfg.epochs_change * max(1, len(P) // cfg.bs))
     net.train()
     for ep, step, total, b in _epochs(np.arange(len(P)), cfg.bs, cfg.epochs_change, cfg.seed + 4, 'pretrain: change CNN', progress):
-        loss = F.binary_cross_entropy_with_logits(head(net(*_pair_films(cache, rows, P[b], registration))), T[b])
+        main, ref = _pair_films(cache, rows, P[b], registration)  # the alignment in float32
+        with step_autocast(cfg): logits = head(net(main, ref))
+        loss = F.binary_cross_entropy_with_logits(logits.float(), T[b])
         opt.zero_grad(); loss.backward(); opt.step(); sched.step()
     net.eval(); keep_readout(net, head, labels.vocabulary)
     report: dict[str, Any] = dict(train_loss=float(loss.detach()), n_pairs=int(len(P)), registered=registration is not None)
@@ -629,6 +650,7 @@ def pretrain(data: str | Path, # a prepared cache (`diffvqa prepare`)
     for k in ('epochs', 'epochs_prior', 'prior_grounded_epochs', 'epochs_registration', 'epochs_mask', 'epochs_change'):
         if getattr(cfg, k) < 0: raise DiffVQAError(f'--{k.replace("_", "-")}: must be >= 0, got {getattr(cfg, k)}')
     if cfg.bs < 2: raise DiffVQAError(f'--bs: must be at least 2, got {cfg.bs}')
+    precision = pretrain_precision(cfg)  # a bad --mixed-precision fails here, before any work
     seed_everything(cfg.seed)
     films = training_films(cache)
     labels = film_labels(cache, films)
@@ -647,7 +669,7 @@ def pretrain(data: str | Path, # a prepared cache (`diffvqa prepare`)
                     films=dict(n=len(films), n_fit=int(len(fit)), n_heldout=int(len(held)), sha256=films_hash(cache, films, labels),
                                cache=str(cache.path.resolve()), splits='train only'),
                     labels=dict(source=labels.source, vocabulary=labels.vocabulary), config=config_to_dict(cfg),
-                    report=report, seconds={k: round(v, 1) for k, v in secs.items()}, versions=package_versions())
+                    report=report, precision=precision, seconds={k: round(v, 1) for k, v in secs.items()}, versions=package_versions())
         (tmp/'pretrained.json').write_text(json.dumps(info, indent=1, default=float))
     return PretrainResult(out=Path(out), report=report, seconds=secs)
 
