@@ -13,7 +13,7 @@ blank films). The table gives, as mean ± standard deviation over the seeds (and
 It is a benchmark, not a test: it prints and writes `learning_report.json`, and asserts nothing. On 2 CPU cores the
 defaults take about an hour; every size is a flag.
 
-    python benchmarks/learning_report.py [--n-pairs 2000] [--seeds 0 1 2] [--work DIR] [--threads 2]
+    python benchmarks/learning_report.py [--n-pairs 2000] [--seeds 0 1 2] [--mixed-precision no|bf16] [--work DIR] [--threads 2]
 """
 from __future__ import annotations
 
@@ -49,7 +49,8 @@ def run_seed(cache: Path, work: Path, seed: int, args: argparse.Namespace) -> di
     t0 = time.time()
     pre, reused = cached_pretrain(cache, 'tiny', PretrainConfig(epochs=args.pretrain_epochs, prior_grounded_epochs=args.pretrain_epochs // 2,
                                                               epochs_prior=max(1, args.pretrain_epochs // 5),
-                                                              epochs_registration=2 * args.pretrain_epochs // 3, seed=seed), progress=False)
+                                                              epochs_registration=2 * args.pretrain_epochs // 3, seed=seed,
+                                                              mixed_precision=args.mixed_precision), progress=False)
     t1 = time.time()
     run = work/f'run-seed{seed}'
     train(cache, run, preset='tiny', pretrained=pre, seed=seed, overwrite=True, progress=False, verbose=False,
@@ -103,6 +104,7 @@ def main() -> None:
     p.add_argument('--epochs-frozen', type=int, default=4, help='stage 1 epochs')
     p.add_argument('--epochs-unfrozen', type=int, default=2, help='stage 2 epochs')
     p.add_argument('--max-train-questions', type=int, default=8000, help='training questions per epoch (a seeded sample)')
+    p.add_argument('--mixed-precision', choices=['no', 'bf16'], default='no', help="pretraining's number format (PretrainConfig.mixed_precision; 'bf16' pays on CPUs with AMX / AVX512-BF16)")
     p.add_argument('--threads', type=int, default=2, help='torch threads')
     p.add_argument('--work', type=Path, default=None, help='folder for data, runs and the report (default: a temporary one)')
     args = p.parse_args()

@@ -242,7 +242,7 @@ class PretrainConfig:
     prior_teacher_temp: float = 0.04  # DINO teacher temperature (Sinkhorn-Knopp targets)
     prior_momentum: float = 0.996 # teacher EMA momentum at the start (cosine to 1)
     holdout: float = 0.1          # share of training subjects held out to report the objectives (never val/test)
-    mixed_precision: str = 'bf16' # 'bf16': the image encoder's and change CNN's steps autocast to bfloat16 where the CPU has bf16 units (AMX / AVX512-BF16), else float32; 'no': float32
+    mixed_precision: str = 'no'   # 'no': float32; 'bf16': the image encoder's and change CNN's forward passes autocast to bfloat16 where the CPU has bf16 units (AMX / AVX512-BF16), else float32
     seed: int = 0                 # seed of sampling, augmentation and initialisation
 
 @dataclass
