@@ -38,7 +38,7 @@ quiet_import_warnings()  # before the imports that pull in timm and fastai
 from diffvqa.data import prepare
 from diffvqa.metrics import MASK_CONTROLS, learning_summary
 from diffvqa.evaluate import evaluate_run
-from diffvqa.pretrain import cached_pretrain
+from diffvqa.pretrain import PRECISIONS, cached_pretrain
 from diffvqa.synth import synthesize
 from diffvqa.templates import QUESTION_TYPES
 from diffvqa.train import train
@@ -104,7 +104,7 @@ def main() -> None:
     p.add_argument('--epochs-frozen', type=int, default=4, help='stage 1 epochs')
     p.add_argument('--epochs-unfrozen', type=int, default=2, help='stage 2 epochs')
     p.add_argument('--max-train-questions', type=int, default=8000, help='training questions per epoch (a seeded sample)')
-    p.add_argument('--mixed-precision', choices=['no', 'bf16'], default='no', help="pretraining's number format (PretrainConfig.mixed_precision; 'bf16' pays on CPUs with AMX / AVX512-BF16)")
+    p.add_argument('--mixed-precision', choices=PRECISIONS, default=PretrainConfig().mixed_precision, help="pretraining's number format (PretrainConfig.mixed_precision; 'bf16' pays on CPUs with AMX / AVX512-BF16)")
     p.add_argument('--threads', type=int, default=2, help='torch threads')
     p.add_argument('--work', type=Path, default=None, help='folder for data, runs and the report (default: a temporary one)')
     args = p.parse_args()

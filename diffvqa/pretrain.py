@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import hashlib
 import itertools
 import json
@@ -213,6 +214,7 @@ def _optimizer(params: list, cfg: PretrainConfig, lr: float, steps: int) -> tupl
 
 PRECISIONS: tuple[str, ...] = ('bf16', 'no')  # PretrainConfig.mixed_precision
 
+@functools.cache  # asked once per process, not at every training step
 def cpu_has_bf16() -> bool:
     "True when this CPU multiplies bfloat16 in hardware (AMX tiles or AVX512-BF16), where autocast pays; False elsewhere."
     probes = ('_is_amx_tile_supported', '_is_avx512_bf16_supported')
