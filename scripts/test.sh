@@ -5,6 +5,8 @@ set -u
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONHASHSEED=0 MPLBACKEND=Agg PYTHONUNBUFFERED=1
 passed=0; failed=0
+# Every temporary file of the run goes into one folder, checked for leftovers at the end and then removed.
+scratch=$(mktemp -d -t diffvqa-test.XXXXXX); export TMPDIR="$scratch"; trap 'rm -rf "$scratch"' EXIT
 ok()   { passed=$((passed + $2)); [ "$2" -gt 0 ] && echo "ok: $1"; }
 bad()  { failed=$((failed + $2)); [ "$2" -gt 0 ] && echo "FAILED: $1"; }
 hashes() { find "$@" -type f \( -name '*.py' -o -name '*.ipynb' \) -not -path '*/.ipynb_checkpoints/*' -print0 | sort -z | xargs -0 md5sum; }
@@ -33,7 +35,7 @@ rm -f "$log"
 
 echo "== pytest"
 xml=$(mktemp --suffix .xml)
-pytest -q tests -p no:cacheprovider --junitxml="$xml"; rc=$?
+pytest -q tests -p no:cacheprovider --basetemp="$scratch/pytest" --junitxml="$xml"; rc=$?
 read -r pt pf < <(python - "$xml" <<'PY'
 import sys, xml.etree.ElementTree as ET
 try: r = ET.parse(sys.argv[1]).getroot()
@@ -46,6 +48,10 @@ PY
 if [ "$rc" -ne 0 ] && [ "$rc" -ne 5 ] && [ "$pf" -eq 0 ]; then pf=1; fi
 ok "pytest" "$pt"; bad "pytest" "$pf"
 rm -f "$xml"
+
+echo "== the checks leave no temporary files behind (pytest's folder, the JVM's perf data and torch's compile cache aside)"
+left=$(find "$scratch" -mindepth 1 -maxdepth 1 -not -name pytest -not -name 'hsperfdata_*' -not -name 'torchinductor_*' | head -5)
+if [ -z "$left" ]; then ok "no temporary leftovers" 1; else bad "left behind in \$TMPDIR:" 1; echo "$left"; fi
 
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
