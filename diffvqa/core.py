@@ -160,6 +160,7 @@ class ModelConfig:
     image_summary_weights: str | None = None                 # local checkpoint of that readout (diffvqa pretrain)
     fusion_rank: int = 0                                     # >0: bilinear question-film fusion into the <ans> slot (not in the paper)
     change_width: int = 0                                    # >0: a CNN reads main, registered reference and their difference together into the <ans> slot (tiny; not in the paper)
+    change_symmetric: bool = False                           # the change CNN's readout is averaged over both orders of the pair (appeared ↔ resolved, worsened ↔ improved, grades' films swapped; tiny)
     change_tokens: bool = False                              # the answer fusion's change readout as F prefix tokens (kind words + finding name, weighted by probability; tiny; not in the paper)
     change_copy: bool = False                                # a pointer from the change scores to the finding names' answer logits, gated per step by the decoder state (tiny; not in the paper)
     change_weights: str | None = None                        # local checkpoint of that CNN (diffvqa pretrain); kept fixed when loaded
@@ -267,9 +268,10 @@ def _tiny() -> ExperimentConfig:
         decoder=None,
         decoder_kwargs=dict(n_layer=2, n_embd=96, n_head=4, n_positions=256),
         tokenizer='bpe', bpe_vocab_size=512,
-        text_layers=2, text_heads=4, projector_heads=4, image_position_embedding=True, image_summary=True, fusion_rank=256, change_width=160, change_tokens=True, change_copy=True, difference_writer='readout', mask_hidden=64, mask_channels=10, mask_trainable=False, registration_channels=8, registration_trainable=False,
+        text_layers=2, text_heads=4, projector_heads=4, image_position_embedding=True, image_summary=True, fusion_rank=256, change_width=160, change_symmetric=True, change_tokens=True, change_copy=True, difference_writer='readout', mask_hidden=64, mask_channels=10, mask_trainable=False, registration_channels=8, registration_trainable=False,
         max_question_len=24, max_answer_len=48, dropout=0.0, pretrained=False)
     # change_width=160: a CNN compares the two films pixel by pixel before any per-film encoding (early fusion) and feeds the answer fusion; the paper leaves the comparison to the decoder (README: what it changes)
+    # change_symmetric: the CNN also reads (reference, main) and its readout, blocks swapped, is averaged in (held-out appeared/resolved AUROC 0.785 -> 0.797, grades read right 0.70 -> 0.73 at 4,000 pairs)
     # change_tokens: the decoder reads, as prefix tokens, which findings the answer fusion scores as added / removed / level-changed (a copy path to the finding names; the paper has none)
     # change_copy: a pointer adds the readout's log-probabilities to the names' answer logits where the decoder's gate opens (validation difference F1 0.19 -> 0.30 at the demo's schedule)
     # difference_writer='readout': the difference answer is written from the change CNN's readout (what changed, each film's grade); the decoder rarely says a level changed and cannot know the grades (README: what it changes)

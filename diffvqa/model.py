@@ -29,10 +29,11 @@ from .templates import CHANGE_KINDS, FINDINGS, LevelChange, difference_answer, d
 from .tokenizer import ANS_TOKEN, EOS_TOKEN, IMG_TOKEN, QTN_TOKEN, add_special_tokens, check_tokenizer, load_tokenizer
 
 # %% auto #0
-__all__ = ['CHANGE_READOUT', 'CHANGE_WORDS', 'COMPONENTS', 'ImageEncoder', 'Projector', 'TextEncoder', 'AnswerFusion', 'mlp_head',
-           'ChangeEncoder', 'grade_pair', 'write_difference', 'build_decoder', 'build_registration', 'load_weights',
-           'placeholder_tokenizer', 'shared_tensor_keys', 'pair_groups', 'DiffVQAOutput', 'GenerationOutput', 'Prefix',
-           'DiffVQA', 'model_dir', 'count_parameters', 'parameter_table']
+__all__ = ['CHANGE_READOUT', 'CHANGE_SWAP', 'CHANGE_WORDS', 'COMPONENTS', 'ImageEncoder', 'Projector', 'TextEncoder',
+           'AnswerFusion', 'mlp_head', 'readout_kinds', 'ChangeEncoder', 'grade_pair', 'write_difference',
+           'build_decoder', 'build_registration', 'load_weights', 'placeholder_tokenizer', 'shared_tensor_keys',
+           'pair_groups', 'DiffVQAOutput', 'GenerationOutput', 'Prefix', 'DiffVQA', 'model_dir', 'count_parameters',
+           'parameter_table']
 
 # %% ../nbs/api/15_model.ipynb #6a61273f
 class ImageEncoder(nn.Module):
@@ -171,6 +172,12 @@ def _conv_block(i: int, o: int, convs: int = 2) -> nn.Sequential:
 
 CHANGE_READOUT: tuple[str, ...] = ('appeared', 'resolved', 'worsened', 'improved',  # the change CNN's own readout, one block of F columns (FINDINGS order) each:
                                    'main level ≥ 2', 'main level ≥ 3', 'reference level ≥ 2', 'reference level ≥ 3')  # what changed, then each film's grade
+CHANGE_SWAP: tuple[int, ...] = (1, 0, 3, 2, 6, 7, 4, 5)  # CHANGE_READOUT's blocks when the films trade places: appeared ↔ resolved, worsened ↔ improved, main grades ↔ reference grades
+
+def readout_kinds(read: Tensor, # [B, len(CHANGE_READOUT), F] readout logits
+                 ) -> Tensor: # [B,3F] in CHANGE_KINDS order
+    "The answer's change kinds from a readout: added = appeared, removed = resolved, level = max(worsened, improved)."
+    return torch.cat([read[:, 0], read[:, 1], torch.maximum(read[:, 2], read[:, 3])], 1)
 
 class ChangeEncoder(nn.Module):
     "Early fusion of a pair: a CNN over [registered main, reference, their difference], each film standardised → [B, width] (tiny only)."
@@ -197,15 +204,23 @@ class ChangeEncoder(nn.Module):
     def kind_logits(self,
                     features: Tensor, # [B, width] from `forward`
                    ) -> Tensor: # [B,3F] in CHANGE_KINDS order
-        "The readout's logits as the answer's change kinds: added = appeared, removed = resolved, level = max(worsened, improved)."
-        a, r, w, i = self.head(features).unflatten(1, (4, -1)).unbind(1)
-        return torch.cat([a, r, torch.maximum(w, i)], 1)
+        "The readout's logits as the answer's change kinds (`readout_kinds`)."
+        return readout_kinds(self.readout(features))
 
     def readout(self,
                 features: Tensor, # [B, width] from `forward`
                ) -> Tensor: # [B, len(CHANGE_READOUT), F] logits
         "Every block of the readout: appeared, resolved, worsened, improved, then each film's grade (rank ≥ 2, ≥ 3)."
         return torch.cat([self.head(features), self.grade_head(features)], 1).unflatten(1, (len(CHANGE_READOUT), -1))
+
+    def symmetric_readout(self,
+                          main: Tensor, # [B,1,S,S] main film registered onto the reference's grid, in [0,1]
+                          ref: Tensor, # [B,1,S,S] reference film, in [0,1]
+                          features: Tensor | None = None, # `forward(main, ref)` when already computed
+                         ) -> Tensor: # [B, len(CHANGE_READOUT), F] logits
+        "The mean of the readouts of (main, ref) and of (ref, main) with its blocks swapped back (`CHANGE_SWAP`): a test-time augmentation by temporal order."
+        own = self.readout(self(main, ref) if features is None else features)
+        return (own + self.readout(self(ref, main))[:, list(CHANGE_SWAP)]) / 2
 
 # %% ../nbs/api/15_model.ipynb #d03ce86a
 def grade_pair(readout: Tensor, # [len(CHANGE_READOUT)] σ of one finding's readout blocks in one pair
@@ -520,10 +535,14 @@ def encode_images(self: DiffVQA,
     if self.teacher is not None and self.encoder_trainable and torch.is_grad_enabled():
         with torch.no_grad(): target = self.teacher(torch.cat([registered, ref]))[0].chunk(2)
     else: target = (f_main.detach(), f_ref.detach())
-    change = None if self.change is None else torch.where(has_ref.view(-1, 1), self.change(registered, ref), 0.0)  # [P,width]; 0 without a reference
-    kinds = None if change is None else torch.where(has_ref.view(-1, 1), self.change.kind_logits(change), 0.0)  # [P,3F] the CNN's own readout
+    change = read = kinds = None
+    if self.change is not None:
+        change = torch.where(has_ref.view(-1, 1), self.change(registered, ref), 0.0)  # [P,width]; 0 without a reference
+        read = self.change.symmetric_readout(registered, ref, change) if self.config.change_symmetric else self.change.readout(change)
+        read = torch.where(has_ref.view(-1, 1, 1), read, 0.0)  # [P,len(CHANGE_READOUT),F] the CNN's own readout
+        kinds = readout_kinds(read)  # [P,3F]
     g = lambda part, k: None if part is None else getattr(part, k)
-    return dict(theta=theta, change=change, change_kinds=kinds, registered=registered, ref=ref, U=g(pri, 'U'), A_main=g(pri, 'A_main'), A_ref=g(pri, 'A_ref'),
+    return dict(theta=theta, change=change, change_readout=read, change_kinds=kinds, registered=registered, ref=ref, U=g(pri, 'U'), A_main=g(pri, 'A_main'), A_ref=g(pri, 'A_ref'),
                 F=g(mk, 'F'), M=M, M_tokens=to_token_grid(M, grid), m_main=g(mk, 'm_main'), m_ref=g(mk, 'm_ref'), f_main=f_main, f_ref=f_ref,
                 f_mask_main=f_mask_main, f_mask_ref=f_mask_ref, f_main_target=target[0], f_ref_target=target[1],
                 has_ref=has_ref, grid=grid)
@@ -795,7 +814,7 @@ def write_differences(self: DiffVQA,
     qs = self.tokenizer.batch_decode(question_ids.tolist(), skip_special_tokens=True)
     i = pre.parts['pair_index']
     has_ref = pre.parts['has_ref'][i].tolist()
-    read = torch.sigmoid(self.change.readout(pre.parts['change'][i]).float()).cpu()  # [B,len(CHANGE_READOUT),F], on the CPU once (no sync per finding)
+    read = torch.sigmoid(pre.parts['change_readout'][i].float()).cpu()  # [B,len(CHANGE_READOUT),F], on the CPU once (no sync per finding)
     kinds = torch.sigmoid(pre.change_logits.float()).unflatten(1, (len(CHANGE_KINDS), -1)).cpu()  # [B,3,F]
     return [write_difference(read[b], kinds[b], self.config.readout_threshold) if self.writes_from_readout(q, has_ref[b]) else t
             for b, (q, t) in enumerate(zip(qs, texts))]

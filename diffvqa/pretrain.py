@@ -32,7 +32,7 @@ from .data import PairCache
 from .metrics import auroc
 from .groundtruth import box_grid, load_ground_truth, visit_findings
 from .mask import AdaptiveMask, difference_fusion
-from .model import CHANGE_READOUT, ChangeEncoder, ImageEncoder, build_registration, grade_pair
+from .model import CHANGE_READOUT, CHANGE_SWAP, ChangeEncoder, ImageEncoder, build_registration, grade_pair
 from .prior import DinoPrior
 from .registration import affine_from_params, corner_error, invert_theta, warp_affine
 from .lesions import CATALOGUE
@@ -439,10 +439,14 @@ def pretrain_change(cache: PairCache, # the prepared cache
         loss = F.binary_cross_entropy_with_logits(logits.float(), T[b])
         opt.zero_grad(); loss.backward(); opt.step(); sched.step()
     net.eval(); keep_readout(net, head, labels.vocabulary)
-    report: dict[str, Any] = dict(train_loss=float(loss.detach()), n_pairs=int(len(P)), registered=registration is not None)
+    report: dict[str, Any] = dict(train_loss=float(loss.detach()), n_pairs=int(len(P)), registered=registration is not None, symmetric=mcfg.change_symmetric)
     H = change_pairs(films, held)
     if len(H):
-        with torch.no_grad(): p = torch.cat([torch.sigmoid(head(net(*_pair_films(cache, rows, H[i:i + 64], registration)))) for i in range(0, len(H), 64)]).numpy()
+        def logits(m: Tensor, r: Tensor) -> Tensor:  # [n, len(CHANGE_TARGETS)·Fn], averaged over both orders where the model reads so (change_symmetric)
+            own = head(net(m, r))
+            if not mcfg.change_symmetric: return own
+            return (own + head(net(r, m)).unflatten(1, (len(CHANGE_TARGETS), Fn))[:, list(CHANGE_SWAP)].flatten(1)) / 2
+        with torch.no_grad(): p = torch.cat([torch.sigmoid(logits(*_pair_films(cache, rows, H[i:i + 64], registration))) for i in range(0, len(H), 64)]).numpy()
         t = change_targets(labels.findings, H, labels.levels).numpy()
         each = {f'{k} {n}': auroc(p[:, j * Fn + i], t[:, j * Fn + i]) for j, k in enumerate(CHANGE_TARGETS[:4]) for i, n in enumerate(labels.vocabulary)}
         def mean(kinds: tuple[str, ...]) -> float:

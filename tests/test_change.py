@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from diffvqa.core import DiffVQAError, PretrainConfig, get_preset
 from diffvqa.metrics import auroc
-from diffvqa.model import CHANGE_READOUT, ChangeEncoder, DiffVQA, grade_pair, write_difference
+from diffvqa.model import CHANGE_READOUT, CHANGE_SWAP, ChangeEncoder, DiffVQA, grade_pair, readout_kinds, write_difference
 from diffvqa.pretrain import CHANGE_TARGETS, FilmLabels, _pair_films, change_pairs, change_targets, keep_readout, pretrain_change
 from diffvqa.templates import CHANGE_KINDS, FINDINGS, parse_difference_answer
 from diffvqa.tokenizer import train_bpe_tokenizer
@@ -109,9 +109,31 @@ def test_change_logits_start_from_the_cnn_readout(tok):
     main, ref = torch.rand(2, 1, 128, 128, generator=g), torch.rand(2, 1, 128, 128, generator=g)
     q = tok(['what has changed compared to the reference image?'] * 2, return_tensors='pt')
     pre = m.encode(main, ref, q['input_ids'], q['attention_mask'], has_ref=torch.tensor([True, False]))
-    with torch.no_grad(): want = m.change.kind_logits(m.change(m.registration(main[:1], ref[:1]).registered, ref[:1]))
+    with torch.no_grad():
+        registered = m.registration(main[:1], ref[:1]).registered
+        want = readout_kinds(m.change.symmetric_readout(registered, ref[:1]))  # tiny reads the pair in both orders
+        one_order = m.change.kind_logits(m.change(registered, ref[:1]))
+    assert m.config.change_symmetric
     torch.testing.assert_close(pre.change_logits[:1], want)
+    assert not torch.allclose(want, one_order)  # the reversed order contributes
     assert pre.change_logits[1].abs().max() == 0 and pre.change_logits[0].abs().max() > 0
+
+
+def test_symmetric_readout_does_not_depend_on_the_films_order():
+    "Reading (ref, main) gives the readout of (main, ref) with its blocks swapped: appeared ↔ resolved, worsened ↔ improved, each film's grades."
+    torch.manual_seed(0)
+    net = ChangeEncoder(8).eval()
+    for lin in (net.head, net.grade_head): torch.nn.init.normal_(lin.weight); torch.nn.init.normal_(lin.bias)
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.rand(3, 1, 32, 32, generator=g), torch.rand(3, 1, 32, 32, generator=g)
+    with torch.no_grad(): ab, ba, own = net.symmetric_readout(a, b), net.symmetric_readout(b, a), net.readout(net(a, b))
+    torch.testing.assert_close(ba[:, list(CHANGE_SWAP)], ab)
+    assert sorted(CHANGE_SWAP) == list(range(len(CHANGE_READOUT))) and all(CHANGE_SWAP[CHANGE_SWAP[i]] == i for i in range(len(CHANGE_SWAP)))
+    assert [CHANGE_READOUT[i] for i in CHANGE_SWAP[:4]] == ['resolved', 'appeared', 'improved', 'worsened']
+    assert [CHANGE_READOUT[i].split()[0] for i in CHANGE_SWAP[4:]] == ['reference'] * 2 + ['main'] * 2
+    with torch.no_grad(): torch.testing.assert_close(ab, (own + net.readout(net(b, a))[:, list(CHANGE_SWAP)]) / 2)  # the mean of the two orders
+    torch.testing.assert_close(readout_kinds(ab)[:, :len(FINDINGS)], ab[:, 0])
+    torch.testing.assert_close(readout_kinds(ab)[:, 2 * len(FINDINGS):], torch.maximum(ab[:, 2], ab[:, 3]))
 
 
 def test_grade_head_draws_no_random_numbers():
