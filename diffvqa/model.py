@@ -352,7 +352,8 @@ class DiffVQAOutput:
     has_ref: Tensor      # [P] False where the pair had no reference (single-visit input)
     grid: tuple[int, int] # (h, w) token grid of φ
     change: Tensor | None = None # [P,W] the change CNN's features of each pair, W = change_width (None without one)
-    change_kinds: Tensor | None = None # [P,3F] the change CNN's own readout as added / removed / level logits (None without one)
+    change_readout: Tensor | None = None # [P,len(CHANGE_READOUT),F] the change CNN's readout logits, over both orders of the pair with change_symmetric (None without one)
+    change_kinds: Tensor | None = None # [P,3F] that readout as added / removed / level logits (`readout_kinds`; None without one)
 
 @dataclass
 class GenerationOutput:
