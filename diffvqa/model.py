@@ -30,7 +30,7 @@ from .tokenizer import ANS_TOKEN, EOS_TOKEN, IMG_TOKEN, QTN_TOKEN, add_special_t
 
 # %% auto #0
 __all__ = ['CHANGE_READOUT', 'CHANGE_SWAP', 'CHANGE_WORDS', 'COMPONENTS', 'ImageEncoder', 'Projector', 'TextEncoder',
-           'AnswerFusion', 'mlp_head', 'readout_kinds', 'ChangeEncoder', 'grade_pair', 'write_difference',
+           'AnswerFusion', 'mlp_head', 'readout_kinds', 'order_mean', 'ChangeEncoder', 'grade_pair', 'write_difference',
            'build_decoder', 'build_registration', 'load_weights', 'placeholder_tokenizer', 'shared_tensor_keys',
            'pair_groups', 'DiffVQAOutput', 'GenerationOutput', 'Prefix', 'DiffVQA', 'model_dir', 'count_parameters',
            'parameter_table']
@@ -179,6 +179,12 @@ def readout_kinds(read: Tensor, # [B, len(CHANGE_READOUT), F] readout logits
     "The answer's change kinds from a readout: added = appeared, removed = resolved, level = max(worsened, improved)."
     return torch.cat([read[:, 0], read[:, 1], torch.maximum(read[:, 2], read[:, 3])], 1)
 
+def order_mean(read: Tensor, # [B, len(CHANGE_READOUT), F] readout logits of (main, ref)
+               reversed_read: Tensor, # [B, len(CHANGE_READOUT), F] readout logits of (ref, main)
+              ) -> Tensor: # [B, len(CHANGE_READOUT), F]
+    "The mean of the two orders' readouts, the reversed one's blocks swapped back (`CHANGE_SWAP`)."
+    return (read + reversed_read[:, list(CHANGE_SWAP)]) / 2
+
 class ChangeEncoder(nn.Module):
     "Early fusion of a pair: a CNN over [registered main, reference, their difference], each film standardised → [B, width] (tiny only)."
     def __init__(self,
@@ -219,8 +225,7 @@ class ChangeEncoder(nn.Module):
                           features: Tensor | None = None, # `forward(main, ref)` when already computed
                          ) -> Tensor: # [B, len(CHANGE_READOUT), F] logits
         "The mean of the readouts of (main, ref) and of (ref, main) with its blocks swapped back (`CHANGE_SWAP`): a test-time augmentation by temporal order."
-        own = self.readout(self(main, ref) if features is None else features)
-        return (own + self.readout(self(ref, main))[:, list(CHANGE_SWAP)]) / 2
+        return order_mean(self.readout(self(main, ref) if features is None else features), self.readout(self(ref, main)))
 
 # %% ../nbs/api/15_model.ipynb #d03ce86a
 def grade_pair(readout: Tensor, # [len(CHANGE_READOUT)] σ of one finding's readout blocks in one pair

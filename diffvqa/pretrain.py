@@ -32,7 +32,7 @@ from .data import PairCache
 from .metrics import auroc
 from .groundtruth import box_grid, load_ground_truth, visit_findings
 from .mask import AdaptiveMask, difference_fusion
-from .model import CHANGE_READOUT, CHANGE_SWAP, ChangeEncoder, ImageEncoder, build_registration, grade_pair
+from .model import CHANGE_READOUT, ChangeEncoder, ImageEncoder, build_registration, grade_pair, order_mean
 from .prior import DinoPrior
 from .registration import affine_from_params, corner_error, invert_theta, warp_affine
 from .lesions import CATALOGUE
@@ -445,7 +445,8 @@ def pretrain_change(cache: PairCache, # the prepared cache
         def logits(m: Tensor, r: Tensor) -> Tensor:  # [n, len(CHANGE_TARGETS)·Fn], averaged over both orders where the model reads so (change_symmetric)
             own = head(net(m, r))
             if not mcfg.change_symmetric: return own
-            return (own + head(net(r, m)).unflatten(1, (len(CHANGE_TARGETS), Fn))[:, list(CHANGE_SWAP)].flatten(1)) / 2
+            blocks = lambda x: x.unflatten(1, (len(CHANGE_TARGETS), Fn))
+            return order_mean(blocks(own), blocks(head(net(r, m)))).flatten(1)
         with torch.no_grad(): p = torch.cat([torch.sigmoid(logits(*_pair_films(cache, rows, H[i:i + 64], registration))) for i in range(0, len(H), 64)]).numpy()
         t = change_targets(labels.findings, H, labels.levels).numpy()
         each = {f'{k} {n}': auroc(p[:, j * Fn + i], t[:, j * Fn + i]) for j, k in enumerate(CHANGE_TARGETS[:4]) for i, n in enumerate(labels.vocabulary)}
