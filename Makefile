@@ -17,11 +17,13 @@ install:
 	if [ -x $(PY) ] && [ "$$(cat $(STAMP) 2>/dev/null)" = "$$want" ]; then echo "make install: up to date"; \
 	else $(MAKE) --no-print-directory _install && echo "$$want" > $(STAMP); fi
 
+# -qq: pip prints errors only (it still fails loudly); -q let setuptools' editable-install banner through, a notice
+# a user would have to learn to ignore.
 _install:
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	$(PIP) install -q --no-compile "torch==2.14.1" "torchvision==0.29.1"
-	$(PIP) install -q --no-compile -e ".[dev]"
+	$(PIP) install -qq --upgrade pip
+	$(PIP) install -qq --no-compile "torch==2.14.1" "torchvision==0.29.1"
+	$(PIP) install -qq --no-compile -e ".[dev]"
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 
 demo: install
