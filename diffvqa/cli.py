@@ -14,7 +14,7 @@ from . import __version__
 from .core import DiffVQAError, quiet_import_warnings
 
 # %% auto #0
-__all__ = ['COMMANDS', 'Command', 'build_parser', 'main']
+__all__ = ['COMMANDS', 'Command', 'OneLineParser', 'build_parser', 'main']
 
 # %% ../nbs/api/26_cli.ipynb #659ecfb5
 @dataclass(frozen=True)
@@ -40,15 +40,20 @@ def _command(name: str) -> Command:
         if c.name == name: return c
     raise DiffVQAError(f"diffvqa: unknown command {name!r} (choose from {', '.join(c.name for c in COMMANDS)})")
 
+class OneLineParser(argparse.ArgumentParser):
+    "An ArgumentParser whose errors are one line on standard error (exit status 2), without the usage block."
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} ('{self.prog} --help' lists the flags)\n")
+
 def build_parser(command: str | None = None, # a subcommand whose flags to add, or None for the top level
                 ) -> argparse.ArgumentParser:
     "The top-level parser, or the parser of one subcommand."
     if command is not None:
         cmd = _command(command)
-        p = argparse.ArgumentParser(prog=f'diffvqa {cmd.name}', description=cmd.help)
+        p = OneLineParser(prog=f'diffvqa {cmd.name}', description=cmd.help)
         getattr(importlib.import_module(cmd.module), f'add_{cmd.name}_args')(p)
         return p
-    p = argparse.ArgumentParser(prog='diffvqa', description='Longitudinal difference VQA on chest X-rays.',
+    p = OneLineParser(prog='diffvqa', description='Longitudinal difference VQA on chest X-rays.',
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog='commands:\n' + '\n'.join(f'  {c.name:<10} {c.help}' for c in COMMANDS)
                                        + "\n\n'diffvqa COMMAND --help' lists a command's flags.")

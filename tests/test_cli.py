@@ -46,6 +46,14 @@ def test_unknown_command_fails():
 def test_missing_required_flag_fails_cleanly():
     r = run(COMMANDS[0].name)
     assert r.returncode == 2 and 'required' in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr  # one line naming the flags, no usage block
+
+
+def test_bad_choice_is_one_line():
+    r = run('evaluate', '--run', 'r', '--data', 'd', '--split', 'nonsense')
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "error: diffvqa evaluate: argument --split: invalid choice: 'nonsense' (choose from 'train', 'val', 'test') "
+        "('diffvqa evaluate --help' lists the flags)"], r.stderr
 
 
 @pytest.mark.parametrize('name', ['paper', 'tiny'])
