@@ -5,7 +5,6 @@
 # %% ../nbs/api/28_ablation.ipynb #4620ab6c
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import shlex
@@ -18,6 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from .cli import OneLineParser
 from .core import (SALIENCY_VARIANT, DiffVQAError, ExperimentConfig, add_config_args, apply_overrides, atomic_write, config_overrides,
                           get_preset, git_commit, package_versions, quiet_import_warnings)
 from .templates import CLOSED_ANSWERS, QUESTION_TYPES, normalize_answer
@@ -534,7 +534,7 @@ def main(argv: Sequence[str] | None = None, # command-line arguments (default: s
         ) -> int:
     "`python -m diffvqa.ablation [--quick] [--out DIR] [--seeds ...] ...`: run the study, print where the report is."
     quiet_import_warnings()   # as the diffvqa command does: stderr keeps our one-line errors
-    p = argparse.ArgumentParser(prog='python -m diffvqa.ablation', description='The ablation study on synthetic pairs with ground truth.')
+    p = OneLineParser(prog='python -m diffvqa.ablation', description='The ablation study on synthetic pairs with ground truth.')
     add_config_args(p, AblationConfig)
     args = p.parse_args(argv)
     try:
